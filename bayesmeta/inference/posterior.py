@@ -1,0 +1,134 @@
+r"""Posteriors over the task parameters of new tasks, and their predictions."""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import pyro.distributions as dist
+import torch
+from torch import Tensor
+
+from bayesmeta.inference.checks import check_positive, check_query_x
+from bayesmeta.model import HierarchicalModel
+from bayesmeta.tasks.taskset import TaskSet
+
+__all__ = ["TaskPosterior", "Prediction"]
+
+
+@contextlib.contextmanager
+def seeded(seed: int | None, device: torch.device) -> Iterator[None]:
+    """Run a block with its own torch RNG state when ``seed`` is given (the global state is restored)."""
+    if seed is None:
+        yield
+        return
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+@dataclass
+class Prediction:
+    r"""Predictive distribution at query inputs.
+
+    Attributes:
+        mean: ``T x N x y_dim`` predictive mean.
+        std: ``T x N x y_dim`` predictive standard deviation (noise and parameter uncertainty).
+        samples: ``S x T x N x y_dim`` draws of ``y`` from the posterior predictive.
+    """
+
+    mean: Tensor
+    std: Tensor
+    samples: Tensor | None = None
+
+    def interval(self, level: float = 0.9) -> tuple[Tensor, Tensor]:
+        """Central ``level`` interval from the samples (empirical quantiles)."""
+        if self.samples is None:
+            raise ValueError("interval: this prediction holds no samples; call predict(num_samples > 0)")
+        lo = (1.0 - level) / 2
+        q = torch.quantile(self.samples, torch.tensor([lo, 1 - lo], dtype=self.samples.dtype, device=self.samples.device), dim=0)
+        return q[0], q[1]
+
+
+class TaskPosterior:
+    r"""The posterior over :math:`\phi` of each task in a support set, under a learned prior.
+
+    Holds either a Gaussian (``amortized``, ``svi``, ``exact``) or draws (``nuts``, kept by chain).
+
+    Attributes:
+        model: the model with the learned :math:`\theta`.
+        support: the support-only :class:`~bayesmeta.TaskSet` it was conditioned on.
+        method: how it was computed.
+        distribution: ``MultivariateNormal`` with batch ``T`` and event ``phi_dim``, or ``None``.
+        draws: ``num_chains x num_samples x T x phi_dim`` posterior draws, or ``None``.
+        diagnostics: method-specific extras (e.g. NUTS divergences).
+    """
+
+    def __init__(
+        self,
+        model: HierarchicalModel,
+        support: TaskSet,
+        method: str,
+        distribution: dist.MultivariateNormal | None = None,
+        draws: Tensor | None = None,
+        diagnostics: dict[str, Any] | None = None,
+    ) -> None:
+        if (distribution is None) == (draws is None):
+            raise ValueError("TaskPosterior: expected exactly one of distribution or draws")
+        self.model, self.support, self.method = model, support, method
+        self.distribution, self.draws = distribution, draws
+        self.diagnostics = diagnostics or {}
+
+    def __len__(self) -> int:
+        return len(self.support)
+
+    @property
+    def phi_names(self) -> list[str]:
+        return list(self.model.phi_names)
+
+    @property
+    def mean(self) -> Tensor:
+        """``T x phi_dim`` posterior mean."""
+        if self.distribution is not None:
+            return self.distribution.mean
+        return self.draws.flatten(0, 1).mean(0)
+
+    @property
+    def covariance(self) -> Tensor:
+        """``T x phi_dim x phi_dim`` posterior covariance."""
+        if self.distribution is not None:
+            return self.distribution.covariance_matrix
+        flat = self.draws.flatten(0, 1)
+        centred = flat - flat.mean(0)
+        return torch.einsum("std,ste->tde", centred, centred) / (flat.shape[0] - 1)
+
+    def sample(self, num_samples: int, seed: int | None = None) -> Tensor:
+        """``num_samples x T x phi_dim`` draws (NUTS posteriors resample their draws with replacement)."""
+        check_positive(num_samples, "num_samples", integer=True)
+        device = self.mean.device
+        with seeded(seed, device):
+            if self.distribution is not None:
+                return self.distribution.sample((num_samples,))
+            flat = self.draws.flatten(0, 1)
+            return flat[torch.randint(flat.shape[0], (num_samples,), device=device)]
+
+    def predict(self, x: Tensor, num_samples: int = 100, seed: int | None = None) -> Prediction:
+        r"""Posterior predictive at ``x``: ``T x N x x_dim`` query inputs.
+
+        The mean and std use the law of total variance over ``num_samples`` draws of :math:`\phi`
+        (:math:`\mathrm{Var}[y] = \mathbb E[\mathrm{Var}(y\mid\phi)] + \mathrm{Var}[\mathbb E(y\mid\phi)]`);
+        ``samples`` holds one draw of ``y`` per draw of :math:`\phi`.
+        """
+        x = check_query_x(x, len(self), self.model.x_dim)
+        phi = self.sample(num_samples, seed=seed)
+        with torch.no_grad(), seeded(None if seed is None else seed + 1, phi.device):
+            likelihood = self.model.likelihood(phi, x.to(phi.device, phi.dtype))
+            mean, variance = likelihood.mean, likelihood.variance
+            samples = likelihood.sample()
+        return Prediction(
+            mean=mean.mean(0), std=(variance.mean(0) + mean.var(0, unbiased=False)).sqrt(), samples=samples
+        )
+
+    def __repr__(self) -> str:
+        return f"TaskPosterior({len(self)} tasks, method={self.method!r}, phi={self.phi_names})"

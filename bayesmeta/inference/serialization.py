@@ -1,0 +1,131 @@
+r"""Saving and loading learned priors: atomic writes, versioned, no arbitrary unpickling."""
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bayesmeta.guides import make_guide
+from bayesmeta.model import HierarchicalModel, model_registry
+
+__all__ = ["save_prior", "load_prior", "FormatError", "FORMAT", "FORMAT_VERSION"]
+
+FORMAT = "bayesmeta.LearnedPrior"
+FORMAT_VERSION = 1
+_PLAIN = (int, float, str, bool, type(None))
+
+
+class FormatError(ValueError):
+    """A file is not a readable bayesmeta prior: truncated, foreign, or from a newer format."""
+
+
+def _check_plain(value: Any, where: str) -> None:
+    if isinstance(value, _PLAIN):
+        return
+    if isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _check_plain(v, f"{where}[{i}]")
+        return
+    if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+        for k, v in value.items():
+            _check_plain(v, f"{where}[{k!r}]")
+        return
+    raise TypeError(
+        f"{where}: expected a plain value (number, string, bool, None, list, dict) so that it can be saved "
+        f"safely, got {type(value).__name__}"
+    )
+
+
+def save_prior(prior: Any, path: str | os.PathLike) -> None:
+    path = Path(path)
+    model = prior.model
+    model_args, guide_args = model.init_args, prior.guide.init_args
+    _check_plain(model_args, f"{type(model).__name__} constructor argument")
+    _check_plain(guide_args, "guide argument")
+    payload = {
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "library_version": _library_version(),
+        "model_class": f"{type(model).__module__}.{type(model).__qualname__}",
+        "model_args": model_args,
+        "guide_kind": prior.guide.kind,
+        "guide_args": guide_args,
+        "model_state": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "guide_state": {k: v.detach().cpu() for k, v in prior.guide.state_dict().items()},
+        "config": {k: v for k, v in prior.config.items() if isinstance(v, _PLAIN)},
+        "history": {k: [float(v) for v in vs] for k, vs in prior.history.items()},
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(payload, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+
+def _library_version() -> str:
+    from bayesmeta import __version__
+
+    return __version__
+
+
+def _model_class(name: str) -> type[HierarchicalModel]:
+    registry = model_registry()
+    if name not in registry:
+        module = name.rpartition(".")[0]
+        while module and name not in model_registry():
+            try:
+                importlib.import_module(module)
+            except ImportError:
+                pass
+            module = module.rpartition(".")[0]
+        registry = model_registry()
+    if name not in registry:
+        raise FormatError(
+            f"model class {name!r} is not known; import the module that defines it before loading"
+        )
+    return registry[name]
+
+
+def load_prior(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
+    from bayesmeta.inference.learned_prior import LearnedPrior
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"path: no file at {str(path)!r}")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:  # torch raises several types for truncated or foreign files
+        raise FormatError(
+            f"{path}: not a readable bayesmeta prior (truncated, corrupted or another kind of file): "
+            f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+        ) from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise FormatError(f"{path}: expected a file written by LearnedPrior.save, got another kind of file")
+    version = payload.get("version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise FormatError(
+            f"{path}: written in prior format {version} by bayesmeta {payload.get('library_version')}; this "
+            f"bayesmeta reads format {FORMAT_VERSION} and older — upgrade bayesmeta"
+        )
+    cls = _model_class(payload["model_class"])
+    model = cls(**payload["model_args"])
+    model.load_state_dict(payload["model_state"])
+    config = dict(payload["config"])
+    guide = make_guide(payload["guide_kind"], model, config.get("num_tasks", 0), **payload["guide_args"])
+    guide.load_state_dict(payload["guide_state"])
+    model.to(map_location)
+    guide.to(map_location)
+    return LearnedPrior(model, guide, config, {k: list(v) for k, v in payload["history"].items()})

@@ -1,0 +1,7 @@
+"""Few-shot tasks: the :class:`TaskSet` container and synthetic task families."""
+from __future__ import annotations
+
+from bayesmeta.tasks.families import GPFunctions, LinearGaussian, Sinusoid
+from bayesmeta.tasks.taskset import TaskData, TaskSet
+
+__all__ = ["TaskData", "TaskSet", "Sinusoid", "LinearGaussian", "GPFunctions"]

@@ -1,0 +1,8 @@
+"""The bayesmeta model zoo: hierarchical task models written against the public API only.
+
+Installed as ``bayesmeta.models``; a user's own model looks exactly like these.
+"""
+from bayesmeta.models.linear import HierarchicalLinearRegression
+from bayesmeta.models.sinusoid import SinusoidModel
+
+__all__ = ["HierarchicalLinearRegression", "SinusoidModel"]
