@@ -85,7 +85,7 @@ class AmortizedGuide(TaskGuide):
         depth: int = 2,
         rank: int | None = None,
         covariance: str = "full",
-        context: bool = True,
+        context: bool = False,
         reads: str = "all",
     ) -> None:
         super().__init__(model)

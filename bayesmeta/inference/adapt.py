@@ -13,6 +13,7 @@ import pyro.distributions as dist
 import torch
 from pyro import poutine
 from pyro.infer import MCMC, NUTS
+from pyro.infer.autoguide.initialization import init_to_value
 from pyro.poutine.util import site_is_subsample
 from tqdm.auto import tqdm
 from torch import Tensor
@@ -105,7 +106,7 @@ def adapt_svi(
     *sticking-the-landing* estimator (Roeder et al. 2017): :math:`\log q` is evaluated with its
     parameters detached, which removes the score-function term whose expectation is zero; its variance
     vanishes as :math:`q` reaches the posterior, so the fit converges rather than jittering around it.
-    The learning rate decays by 100x over ``steps``.
+    The learning rate decays by 10x over ``steps``.
 
     Args:
         steps: optimizer steps; lr: initial Adam learning rate; num_particles: draws of φ per task and step.
@@ -120,7 +121,7 @@ def adapt_svi(
     log_diag = tril.diagonal(dim1=-2, dim2=-1).log().clone().requires_grad_(True)
     off_diag = tril.tril(-1).clone().requires_grad_(True)
     optimizer = torch.optim.Adam([loc, log_diag, off_diag], lr=lr)
-    schedule = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=0.01 ** (1.0 / steps))
+    schedule = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=0.1 ** (1.0 / steps))
     generator = torch.Generator(device=loc.device).manual_seed(seed)
 
     def scale_tril() -> Tensor:
@@ -157,14 +158,19 @@ def adapt_nuts(
     r"""Pyro NUTS over the φ of every task jointly, θ fixed at the learned values.
 
     The tasks are independent given θ, so one chain over all of them samples each task's posterior;
-    the draws keep their chain axis (``draws: num_chains x num_samples x T x phi_dim``).
+    the draws keep their chain axis (``draws: num_chains x num_samples x T x phi_dim``). Chains start at
+    the guide's posterior mean (the prior mean for a ``per_task`` guide), not at Pyro's random
+    initial point: a random start can strand a chain in a far mode that the prior all but rules out
+    (a sinusoid's phase shifted by 2π, say), which a tight likelihood never lets it leave.
     """
     check_positive(num_samples, "num_samples", integer=True)
     check_positive(num_chains, "num_chains", integer=True)
     if not isinstance(warmup_steps, int) or warmup_steps < 0:
         raise ValueError(f"warmup_steps: expected a non-negative int, got {warmup_steps!r}")
     pyro.set_rng_seed(seed)
-    kernel = NUTS(prior.model, jit_compile=jit_compile, ignore_jit_warnings=True, target_accept_prob=target_accept_prob)
+    start = _initial_gaussian(prior, tasks).loc[..., None, :]
+    kernel = NUTS(prior.model, jit_compile=jit_compile, ignore_jit_warnings=True, target_accept_prob=target_accept_prob,
+                  init_strategy=init_to_value(values={"phi": start}))
     mcmc = MCMC(kernel, num_samples=num_samples, warmup_steps=warmup_steps, num_chains=num_chains,
                 disable_progbar=not progress)
     with frozen(prior.model):

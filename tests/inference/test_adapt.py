@@ -1,0 +1,130 @@
+"""Every adapt method against the closed-form posterior of the conjugate linear model."""
+from __future__ import annotations
+
+import pyro
+import pytest
+import torch
+from pyro.ops.stats import effective_sample_size
+from torch.distributions import kl_divergence
+
+import bayesmeta as bm
+
+
+@pytest.fixture(scope="module")
+def exact_3shot(amortized_prior, linear_test):
+    return amortized_prior.adapt(linear_test.support.head(3), method="exact")
+
+
+@pytest.mark.parametrize("shots", [1, 3, 10])
+def test_amortized_guide_is_close_to_exact(amortized_prior, linear_test, shots):
+    support = linear_test.support.head(shots)
+    exact = amortized_prior.adapt(support, method="exact").distribution
+    q = amortized_prior.adapt(support, method="amortized").distribution
+    assert kl_divergence(q, exact).mean() <= 0.1
+
+
+def test_svi_refinement_reaches_exact(amortized_prior, linear_test, exact_3shot):
+    post = amortized_prior.adapt(linear_test.support.head(3), method="svi")
+    kl = kl_divergence(post.distribution, exact_3shot.distribution)
+    assert kl.max() <= 0.01, kl.max()  # every task, not only on average
+
+
+def test_svi_from_the_prior_reaches_exact(linear_test):
+    """Started from the prior (a per_task fit has no amortized guess), svi still converges."""
+    from bayesmeta.guides import PerTaskGuide
+    from bayesmeta.models import HierarchicalLinearRegression
+
+    model = HierarchicalLinearRegression(x_dim=3)
+    prior = bm.LearnedPrior(model, PerTaskGuide(model, num_tasks=1), {}, {})
+    support = linear_test.support[:50].head(5)
+    post = prior.adapt(support, method="svi", steps=800)
+    kl = kl_divergence(post.distribution, model.exact_posterior(support))
+    assert kl.max() <= 0.01, kl.max()
+
+
+def test_nuts_matches_exact_within_monte_carlo_error(amortized_prior, linear_test, exact_3shot):
+    tasks = 5
+    post = amortized_prior.adapt(linear_test.support[:tasks].head(3), method="nuts",
+                                 num_samples=800, warmup_steps=400, seed=0)
+    draws = post.draws  # chains x samples x tasks x phi_dim
+    exact_mean = exact_3shot.distribution.mean[:tasks]
+    exact_cov = exact_3shot.distribution.covariance_matrix[:tasks]
+    # Means: the MC standard error is sd / sqrt(ESS), with ESS estimated from the chain itself.
+    ess = effective_sample_size(draws, chain_dim=0, sample_dim=1)
+    se = draws.flatten(0, 1).std(0) / ess.sqrt()
+    assert ((draws.flatten(0, 1).mean(0) - exact_mean).abs() <= 4 * se).all()
+    # Covariances: each entry is the mean of z = (phi_a - m_a)(phi_b - m_b) with the exact mean m, whose
+    # MC standard error is again sd(z) / sqrt(ESS(z)).
+    centred = draws - exact_mean
+    z = centred[..., :, None] * centred[..., None, :]
+    z_se = z.flatten(0, 1).std(0) / effective_sample_size(z, chain_dim=0, sample_dim=1).sqrt()
+    assert ((z.flatten(0, 1).mean(0) - exact_cov).abs() <= 4 * z_se).all()
+
+
+def test_predict_matches_the_closed_form_predictive(amortized_prior, linear_test, exact_3shot):
+    model, q = amortized_prior.model, exact_3shot.distribution
+    x = linear_test.query.x
+    pred = exact_3shot.predict(x, num_samples=4000, seed=0)
+    design = model.features(x)
+    mean = (design @ q.mean[..., None]).squeeze(-1)
+    var = torch.einsum("tnd,tde,tne->tn", design, q.covariance_matrix, design) + model.noise_scale.detach() ** 2
+    assert pred.mean.shape == pred.std.shape == (200, 50, 1) and pred.samples.shape == (4000, 200, 50, 1)
+    # MC error of the mean over 4000 draws of phi: sqrt(parameter variance / 4000); allow 5 of them.
+    param_sd = (var - model.noise_scale.detach() ** 2).sqrt()
+    assert ((pred.mean[..., 0] - mean).abs() <= 5 * param_sd / 4000**0.5 + 1e-5).all()
+    # The std combines noise and parameter uncertainty; its relative MC error is ~1/sqrt(2 * 4000).
+    assert ((pred.std[..., 0] / var.sqrt() - 1).abs() <= 5 / (2 * 4000) ** 0.5).all()
+    lower, upper = pred.interval(0.9)
+    assert (lower < pred.mean).all() and (pred.mean < upper).all()
+
+
+def test_empty_support_gives_the_prior(amortized_prior, linear_test):
+    support = linear_test.support.head(0)
+    prior_mean = amortized_prior.model.prior_loc.detach()
+    for method in ("amortized", "exact"):
+        post = amortized_prior.adapt(support, method=method)
+        torch.testing.assert_close(post.mean, prior_mean.expand(200, -1), atol=1e-5, rtol=1e-5)
+
+
+def test_ragged_tasks_match_the_same_tasks_unpadded(amortized_prior, linear_test):
+    counts = [1, 3, 6, 10]
+    xs = [linear_test.support.x[i, :n] for i, n in enumerate(counts)]
+    ys = [linear_test.support.y[i, :n] for i, n in enumerate(counts)]
+    ragged = bm.TaskSet.from_lists(xs, ys)
+    for method in ("exact", "amortized"):
+        padded = amortized_prior.adapt(ragged.support, method=method).distribution
+        for i in range(len(counts)):
+            alone = bm.TaskSet.from_arrays(xs[i][None], ys[i][None])
+            single = amortized_prior.adapt(alone.support, method=method).distribution
+            torch.testing.assert_close(padded.mean[i], single.mean[0], atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(padded.covariance_matrix[i], single.covariance_matrix[0], atol=1e-5, rtol=1e-5)
+
+
+def test_task_subsampling_gives_an_unbiased_elbo(amortized_prior, linear_train):
+    """Mean over many minibatch ELBOs equals the full-batch ELBO, within Monte Carlo error."""
+    model, guide = amortized_prior.model, bm.guides.ExactGuide(amortized_prior.model)
+    tasks = linear_train[:200]
+    loss = pyro.infer.Trace_ELBO(max_plate_nesting=2)(model, guide)
+    with torch.no_grad():
+        full = -loss(tasks).item()  # exact guide: this is the exact log marginal likelihood
+        estimates = torch.tensor([-loss(tasks, 16).item() for _ in range(1000)], dtype=torch.float64)
+    se = estimates.std() / len(estimates) ** 0.5
+    assert abs(estimates.mean() - full) <= 4 * se, (estimates.mean(), full, se)
+    assert estimates.std() > 0  # the minibatches did differ
+
+
+def test_unknown_method_and_missing_exact(amortized_prior, linear_test):
+    with pytest.raises(ValueError, match="method: expected one of"):
+        amortized_prior.adapt(linear_test.support, method="laplace")
+    with pytest.raises(TypeError, match="adapt\\(method='svi'\\).*num_samples"):
+        amortized_prior.adapt(linear_test.support, method="svi", num_samples=3)
+
+
+def test_exact_names_the_methods_that_apply():
+    from bayesmeta.models import SinusoidModel
+
+    model = SinusoidModel()
+    prior = bm.LearnedPrior(model, bm.guides.AmortizedGuide(model), {}, {})
+    support = bm.tasks.Sinusoid().sample(num_tasks=2, support=3, query=0, seed=0).support
+    with pytest.raises(ValueError, match=r"'exact' needs a model with exact_posterior.*amortized.*nuts.*svi"):
+        prior.adapt(support, method="exact")
