@@ -15,12 +15,15 @@ __all__ = ["AmortizedGuide", "ExactGuide", "PerTaskGuide", "TaskGuide", "GUIDES"
 GUIDES: dict[str, type[TaskGuide]] = {"amortized": AmortizedGuide, "per_task": PerTaskGuide, "exact": ExactGuide}
 
 
-def make_guide(kind: str | TaskGuide, model: Any, num_tasks: int, **kwargs: Any) -> TaskGuide:
-    """Build the guide named ``kind`` for ``model`` (a ready ``TaskGuide`` passes through)."""
+def make_guide(kind: str | TaskGuide, model: Any, collection_size: int, **kwargs: Any) -> TaskGuide:
+    """Build the guide named ``kind`` for ``model`` and a training collection of ``collection_size`` tasks.
+
+    A ready ``TaskGuide`` passes through.
+    """
     if isinstance(kind, TaskGuide):
         return kind
     if kind not in GUIDES:
         raise ValueError(f"guide: expected one of {sorted(GUIDES)} or a TaskGuide, got {kind!r}")
     if kind == "per_task":
-        kwargs.setdefault("num_tasks", num_tasks)
+        kwargs.setdefault("num_tasks", collection_size)
     return GUIDES[kind](model, **kwargs)

@@ -119,7 +119,13 @@ def fit_prior(
     bar = tqdm(range(steps), desc="fit_prior", unit="step", disable=not progress, dynamic_ncols=True)
     for step in bar:
         optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(tasks, subsample)
+        try:
+            loss = loss_fn(tasks, subsample)
+        except ValueError as error:
+            # Distribution validation is where a NaN parameter usually surfaces first in Pyro.
+            if "invalid values" not in str(error):
+                raise
+            raise NonFiniteLossError(_nonfinite_message("a distribution parameter", step, float("nan")), prior) from error
         if not torch.isfinite(loss):
             raise NonFiniteLossError(_nonfinite_message("the ELBO", step, loss.item()), prior)
         loss.backward()
