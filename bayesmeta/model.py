@@ -1,9 +1,10 @@
 r"""The base class of every hierarchical task model."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
-from typing import Any
+from typing import Any, Iterator
 
 import pyro
 import pyro.distributions as dist
@@ -123,6 +124,16 @@ class HierarchicalModel(PyroModule):
     def init_args(self) -> dict[str, Any]:
         """The constructor arguments this model was built with."""
         return dict(self.__dict__.get("_init_args", {}))
+
+    @contextlib.contextmanager
+    def reading_theta(self) -> Iterator[None]:
+        """Read θ outside :meth:`forward` as Pyro reads it inside: ``PyroSample`` attributes become sample
+        sites that handlers (``poutine.condition``, ``block``, ``trace``) see, drawn once per block.
+
+        Outside such a block Pyro returns a fresh draw from the hyperprior on every read.
+        """
+        with self._pyro_context:
+            yield
 
     def local_prior(self) -> dist.Distribution:
         """:math:`p(\\phi_i \\mid \\theta)`: event shape ``(phi_dim,)``, batch shape ``()``."""

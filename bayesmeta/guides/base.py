@@ -1,16 +1,20 @@
 r"""What every task guide shares: the ``"tasks"`` plate and the Gaussian algebra over φ."""
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+from typing import Any, Iterator
 
 import pyro
 import pyro.distributions as dist
 import torch
+from pyro import poutine
+from pyro.infer.autoguide import AutoNormal
 from pyro.nn import PyroModule
+from pyro.poutine.util import site_is_subsample
 from torch import Tensor
 
 from bayesmeta.model import TASKS_DIM, HierarchicalModel
-from bayesmeta.tasks.taskset import TaskSet
+from bayesmeta.tasks.taskset import TaskData, TaskSet
 
 __all__ = ["TaskGuide", "gaussian_natural_params", "gaussian_from_natural", "site_distribution"]
 
@@ -20,6 +24,13 @@ class TaskGuide(PyroModule):
 
     Subclasses implement :meth:`posterior`; :meth:`forward` samples ``"phi"`` for a (sub)batch of tasks
     with the plate the model uses, so the two agree on which tasks a minibatch holds.
+
+    Where :math:`\theta` has a hyperprior (``PyroSample`` attributes: sample sites outside the
+    ``"tasks"`` plate), the guide also holds ``global_guide``, a Pyro ``AutoNormal`` over those sites.
+    Each call draws :math:`\theta` from it first, then samples ``"phi"`` with those :math:`\theta`
+    sites conditioned on the draw and hidden from the trace, so :meth:`posterior` never needs to know.
+    ``theta_point()`` (the median of :math:`q(\theta)`) is what :meth:`~bayesmeta.LearnedPrior.adapt`
+    plugs in.
     """
 
     #: Name used by ``fit_prior(guide=...)`` and in saved files.
@@ -29,6 +40,10 @@ class TaskGuide(PyroModule):
         super().__init__()
         # A plain reference, not a submodule: the model's θ must not appear twice in state dicts.
         object.__setattr__(self, "_model", model)
+        sites = global_latent_sites(model)
+        self.global_guide = AutoNormal(poutine.block(model, expose=sites), init_scale=0.05) if sites else None
+        if self.global_guide is not None:
+            self.global_guide(_placeholder_tasks(model))  # create its parameters now, not lazily
 
     @property
     def model(self) -> HierarchicalModel:
@@ -47,8 +62,47 @@ class TaskGuide(PyroModule):
         raise NotImplementedError
 
     def forward(self, tasks: TaskSet, subsample_size: int | None = None) -> None:
-        with pyro.plate("tasks", len(tasks), subsample_size=subsample_size, dim=TASKS_DIM) as idx:
-            pyro.sample("phi", site_distribution(self.posterior(tasks[idx], idx)))
+        theta = self.global_guide(tasks) if self.global_guide is not None else {}
+        with theta_fixed(self.model, theta):
+            with pyro.plate("tasks", len(tasks), subsample_size=subsample_size, dim=TASKS_DIM) as idx:
+                pyro.sample("phi", site_distribution(self.posterior(tasks[idx], idx)))
+
+    def theta_point(self) -> dict[str, Tensor]:
+        """The median of :math:`q(\theta)` for hyperprior sites (empty where θ has none)."""
+        if self.global_guide is None:
+            return {}
+        with torch.no_grad():
+            return {name: value.detach() for name, value in self.global_guide.median().items()}
+
+
+@contextlib.contextmanager
+def theta_fixed(model: HierarchicalModel, theta: dict[str, Tensor]) -> Iterator[None]:
+    """Within the block, ``model``'s reads of the hyperprior sites ``theta`` return its values and leave
+    no trace (so a guide's trace holds only its own sites)."""
+    with model.reading_theta():
+        if not theta:
+            yield
+            return
+        with poutine.block(hide=list(theta)), poutine.condition(data=theta):
+            yield
+
+
+def _placeholder_tasks(model: HierarchicalModel) -> TaskSet:
+    x = torch.zeros(1, 1, model.x_dim)
+    return TaskSet._trusted(TaskData(x, torch.zeros(1, 1, model.y_dim), torch.ones(1, 1, dtype=torch.bool)),
+                            TaskData(x[:, :0], torch.zeros(1, 0, model.y_dim), torch.ones(1, 0, dtype=torch.bool)),
+                            None, None)
+
+
+def global_latent_sites(model: HierarchicalModel) -> list[str]:
+    """Names of the model's latent sample sites outside the ``"tasks"`` plate (θ with a hyperprior)."""
+    with torch.no_grad():
+        trace = poutine.trace(model).get_trace(_placeholder_tasks(model))
+    return [
+        name for name, site in trace.nodes.items()
+        if site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site)
+        and not any(frame.name == "tasks" for frame in site["cond_indep_stack"])
+    ]
 
 
 def site_distribution(q: dist.MultivariateNormal) -> dist.MultivariateNormal:

@@ -18,6 +18,7 @@ from pyro.poutine.util import site_is_subsample
 from tqdm.auto import tqdm
 from torch import Tensor
 
+from bayesmeta.guides.base import theta_fixed
 from bayesmeta.inference.checks import check_positive, check_support
 from bayesmeta.inference.posterior import TaskPosterior
 from bayesmeta.model import HierarchicalModel
@@ -47,7 +48,7 @@ def adapt_amortized(prior: Any, tasks: TaskSet) -> TaskPosterior:
             "guide='per_task' (it only knows its training tasks); use method='svi' or 'nuts'"
             + (" or 'exact'" if _has_exact(prior.model) else "")
         )
-    with torch.no_grad():
+    with torch.no_grad(), theta_fixed(prior.model, prior.guide.theta_point()):
         q = prior.guide.posterior(tasks)
     return TaskPosterior(prior.model, tasks, "amortized", distribution=q)
 
@@ -59,20 +60,25 @@ def adapt_exact(prior: Any, tasks: TaskSet) -> TaskPosterior:
             f"method: 'exact' needs a model with exact_posterior(data); {type(prior.model).__name__} has none. "
             f"Use one of {sorted(m for m in METHODS if m != 'exact')}"
         )
-    with torch.no_grad():
+    with torch.no_grad(), theta_fixed(prior.model, prior.guide.theta_point()):
         q = prior.model.exact_posterior(tasks.support)
     return TaskPosterior(prior.model, tasks, "exact", distribution=q)
 
 
-def log_joint(model: HierarchicalModel, tasks: TaskSet, phi: Tensor) -> Tensor:
-    r"""``log p_θ(D_i, φ_i)`` for each task and each of ``P`` values of φ: ``phi: P x T x phi_dim`` -> ``P x T``."""
+def log_joint(model: Callable[..., None], tasks: TaskSet, phi: Tensor) -> Tensor:
+    r"""``log p_θ(D_i, φ_i)`` for each task and each of ``P`` values of φ: ``phi: P x T x phi_dim`` -> ``P x T``.
+
+    Only the sites inside the ``"tasks"`` plate count (θ is fixed while a task is adapted).
+    """
     conditioned = poutine.condition(model, data={"phi": phi[..., None, :]})
     with pyro.plate("particles", phi.shape[0], dim=-3):
         trace = poutine.trace(conditioned).get_trace(tasks)
     trace.compute_log_prob()
     total = phi.new_zeros(phi.shape[:2])
     for site in trace.nodes.values():
-        if site["type"] == "sample" and not site_is_subsample(site):
+        if site["type"] != "sample" or site_is_subsample(site):
+            continue
+        if any(frame.name == "tasks" for frame in site["cond_indep_stack"]):
             log_prob = site["log_prob"]
             while log_prob.dim() > 2:
                 log_prob = log_prob.sum(-1)
@@ -81,10 +87,9 @@ def log_joint(model: HierarchicalModel, tasks: TaskSet, phi: Tensor) -> Tensor:
 
 
 def _initial_gaussian(prior: Any, tasks: TaskSet) -> dist.MultivariateNormal:
-    if prior.guide.kind != "per_task":
-        with torch.no_grad():
+    with torch.no_grad(), theta_fixed(prior.model, prior.guide.theta_point()):
+        if prior.guide.kind != "per_task":
             return prior.guide.posterior(tasks)
-    with torch.no_grad():
         local = prior.model.local_prior()
         loc = local.mean.expand(len(tasks), -1)
         scale = local.stddev.expand(len(tasks), -1)
@@ -114,7 +119,7 @@ def adapt_svi(
     check_positive(steps, "steps", integer=True)
     check_positive(lr, "lr")
     check_positive(num_particles, "num_particles", integer=True)
-    model = prior.model
+    model = _model_at_theta(prior)
     start = _initial_gaussian(prior, tasks)
     loc = start.loc.detach().clone().requires_grad_(True)
     tril = start.scale_tril.detach()
@@ -127,7 +132,7 @@ def adapt_svi(
     def scale_tril() -> Tensor:
         return off_diag.tril(-1) + torch.diag_embed(log_diag.exp())
 
-    with frozen(model):
+    with frozen(prior.model):
         for _ in tqdm(range(steps), desc="adapt svi", unit="step", disable=not progress, dynamic_ncols=True):
             optimizer.zero_grad(set_to_none=True)
             noise = torch.randn((num_particles,) + loc.shape, generator=generator, device=loc.device, dtype=loc.dtype)
@@ -141,7 +146,7 @@ def adapt_svi(
             optimizer.step()
             schedule.step()
     q = dist.MultivariateNormal(loc.detach(), scale_tril=scale_tril().detach())
-    return TaskPosterior(model, tasks, "svi", distribution=q)
+    return TaskPosterior(prior.model, tasks, "svi", distribution=q)
 
 
 def adapt_nuts(
@@ -169,7 +174,7 @@ def adapt_nuts(
         raise ValueError(f"warmup_steps: expected a non-negative int, got {warmup_steps!r}")
     pyro.set_rng_seed(seed)
     start = _initial_gaussian(prior, tasks).loc[..., None, :]
-    kernel = NUTS(prior.model, jit_compile=jit_compile, ignore_jit_warnings=True, target_accept_prob=target_accept_prob,
+    kernel = NUTS(_model_at_theta(prior), jit_compile=jit_compile, ignore_jit_warnings=True, target_accept_prob=target_accept_prob,
                   init_strategy=init_to_value(values={"phi": start}))
     mcmc = MCMC(kernel, num_samples=num_samples, warmup_steps=warmup_steps, num_chains=num_chains,
                 disable_progbar=not progress)
@@ -180,6 +185,12 @@ def adapt_nuts(
     diagnostics = {name: value for name, value in mcmc.diagnostics().items() if name != "phi"}
     diagnostics["mcmc"] = mcmc
     return TaskPosterior(prior.model, tasks, "nuts", draws=draws.detach(), diagnostics=diagnostics)
+
+
+def _model_at_theta(prior: Any) -> Callable[..., None]:
+    """The model with any hyperprior sites fixed at the guide's point estimate of θ."""
+    theta = prior.guide.theta_point()
+    return poutine.condition(prior.model, data=theta) if theta else prior.model
 
 
 def _has_exact(model: HierarchicalModel) -> bool:
