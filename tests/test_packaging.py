@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,10 +19,16 @@ def _has_build_backend() -> bool:
 
 @pytest.mark.skipif(not _has_build_backend(), reason="needs setuptools >= 69 (pyproject's build backend) installed")
 def test_regular_install_maps_models(tmp_path):
-    target = tmp_path / "site"
+    source, target = tmp_path / "source", tmp_path / "site"
+    source.mkdir()
+    # Build from a copy: setuptools leaves build/ and *.egg-info next to the sources it builds.
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    for name in ("bayesmeta", "models"):
+        shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--no-index",
-         "--target", str(target), str(ROOT)],
+         "--target", str(target), str(source)],
         check=True, capture_output=True, cwd=tmp_path,
     )
     assert (target / "bayesmeta" / "models" / "linear.py").is_file()
