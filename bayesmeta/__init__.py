@@ -17,7 +17,7 @@ __version__ = "0.1.0"
 from bayesmeta import tasks  # noqa: E402
 from bayesmeta.model import HierarchicalModel  # noqa: E402
 from bayesmeta.tasks import TaskData, TaskSet  # noqa: E402
-from bayesmeta import guides  # noqa: E402
+from bayesmeta import evaluation, guides  # noqa: E402
 from bayesmeta.inference import (  # noqa: E402
     FormatError,
     LearnedPrior,
@@ -29,5 +29,5 @@ from bayesmeta.inference import (  # noqa: E402
 
 __all__ = [
     "HierarchicalModel", "TaskData", "TaskSet", "LearnedPrior", "TaskPosterior", "Prediction",
-    "fit_prior", "NonFiniteLossError", "FormatError", "tasks", "guides", "__version__",
+    "fit_prior", "NonFiniteLossError", "FormatError", "tasks", "guides", "evaluation", "__version__",
 ]

@@ -5,6 +5,10 @@ import pyro
 import pytest
 import torch
 
+# One intra-op thread: the tensors here are small, and two OpenMP threads contending with any other
+# process on a 2-core machine made the suite up to 10x slower (make test also sets OMP_NUM_THREADS=1).
+torch.set_num_threads(1)
+
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"))]
 
 

@@ -32,7 +32,11 @@ def test_regular_install_maps_models(tmp_path):
         check=True, capture_output=True, cwd=tmp_path,
     )
     assert (target / "bayesmeta" / "models" / "linear.py").is_file()
-    probe = "import bayesmeta.models as m; print(m.__file__); print(m.HierarchicalLinearRegression.__module__)"
+    # Every subpackage must be in the wheel: import each one from the installed copy.
+    probe = (
+        "import bayesmeta, bayesmeta.tasks, bayesmeta.guides, bayesmeta.inference, bayesmeta.evaluation, "
+        "bayesmeta.cli; import bayesmeta.models as m; print(m.__file__); print(m.HierarchicalLinearRegression.__module__)"
+    )
     env = {**os.environ, "PYTHONPATH": str(target)}
     out = subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True, text=True,
                          cwd=tmp_path, env=env).stdout.split()

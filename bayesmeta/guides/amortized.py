@@ -5,7 +5,7 @@ from typing import Any
 
 import pyro.distributions as dist
 import torch
-from pyro.nn import PyroModule, PyroParam
+from pyro.nn import PyroParam
 from pyro.distributions import constraints
 from torch import Tensor, nn
 

@@ -1,15 +1,14 @@
 r"""Saving and loading learned priors: atomic writes, versioned, no arbitrary unpickling."""
 from __future__ import annotations
 
-import contextlib
 import importlib
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from bayesmeta._files import atomic_write
 from bayesmeta.guides import make_guide
 from bayesmeta.model import HierarchicalModel, model_registry
 
@@ -60,19 +59,7 @@ def save_prior(prior: Any, path: str | os.PathLike) -> None:
         "config": {k: v for k, v in prior.config.items() if isinstance(v, _PLAIN)},
         "history": {k: [float(v) for v in vs] for k, vs in prior.history.items()},
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(payload, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
+    atomic_write(path, lambda handle: torch.save(payload, handle))
 
 
 def _library_version() -> str:

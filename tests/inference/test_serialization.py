@@ -68,6 +68,16 @@ def test_overwrite_is_all_or_nothing(fitted, tmp_path, monkeypatch):
     assert path.read_bytes() == good
 
 
+def test_saved_file_follows_the_umask(fitted, tmp_path):
+    prior, _ = fitted
+    old = os.umask(0o022)
+    try:
+        prior.save(tmp_path / "p.prior")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "p.prior").stat().st_mode & 0o777 == 0o644
+
+
 def test_truncated_file(fitted, tmp_path):
     prior, _ = fitted
     path = tmp_path / "p.prior"

@@ -1,0 +1,12 @@
+"""Scoring learners on held-out tasks: per-task metrics over masked query sets and their summaries.
+
+>>> import torch
+>>> from bayesmeta.evaluation import mse, summarize
+>>> summarize(mse(torch.zeros(3, 2, 1), torch.ones(3, 2, 1)))
+(1.0, 0.0)
+"""
+from __future__ import annotations
+
+from bayesmeta.evaluation.metrics import gaussian_nll, interval_coverage, mse, summarize
+
+__all__ = ["mse", "gaussian_nll", "interval_coverage", "summarize"]

@@ -1,0 +1,36 @@
+"""Every example runs, in its quick mode, and tells its story to the end."""
+from __future__ import annotations
+
+import runpy
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread: as fast for a model this small, and it stays fast when the suite shares the CPU."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def test_linear_walkthrough_quick(tmp_path, monkeypatch, capsys, one_thread):
+    script = EXAMPLES / "linear_walkthrough.py"
+    monkeypatch.setattr(sys, "argv", [str(script), "--quick", "--out", str(tmp_path)])
+    runpy.run_path(str(script), run_name="__main__")
+    out = capsys.readouterr().out
+    for method in ("amortized", "svi", "exact", "nuts"):
+        assert f"\n{method} " in out
+    assert "same exact posterior: True" in out
+    assert (tmp_path / "linear.prior").exists()
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in EXAMPLES.glob("*.py")))
+def test_every_example_has_a_quick_mode(script):
+    assert "--quick" in (EXAMPLES / script).read_text(), f"{script}: add a --quick flag so the suite can run it"
