@@ -8,6 +8,7 @@ from typing import Any, Iterator
 
 import pyro
 import pyro.distributions as dist
+import torch
 from pyro import poutine
 from pyro.nn import PyroModule
 from torch import Tensor
@@ -119,6 +120,14 @@ class HierarchicalModel(PyroModule):
     def phi_dim(self) -> int:
         """Number of coordinates of :math:`\\phi_i`."""
         return len(self.phi_names)
+
+    @property
+    def device(self) -> torch.device:
+        """Where θ lives: the first parameter's or buffer's device (CPU for a model with neither, e.g.
+        one whose θ is all ``PyroSample``)."""
+        for tensor in (*self.parameters(), *self.buffers()):
+            return tensor.device
+        return torch.device("cpu")
 
     @property
     def init_args(self) -> dict[str, Any]:

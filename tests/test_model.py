@@ -114,3 +114,33 @@ def test_hyperprior_sites_get_a_global_guide(linear_tasks, tmp_path):
     prior.save(tmp_path / "hyper.prior")
     loaded = bm.LearnedPrior.load(tmp_path / "hyper.prior")
     torch.testing.assert_close(loaded.guide.theta_point()["prior_loc"], theta["prior_loc"])
+
+
+class AllHyper(bm.HierarchicalModel):
+    """θ entirely under hyperpriors: the model has no parameters or buffers of its own."""
+
+    phi_names = ["offset"]
+
+    def __init__(self) -> None:
+        super().__init__(x_dim=1)
+        self.loc = PyroSample(dist.Normal(torch.zeros(1), 5.0).to_event(1))
+        self.scale = PyroSample(dist.LogNormal(torch.zeros(1), 1.0).to_event(1))
+
+    def local_prior(self):
+        return dist.Normal(self.loc, self.scale).to_event(1)
+
+    def likelihood(self, phi, x):
+        return dist.Normal(phi[..., None, :] + 0 * x, 0.5).to_event(1)
+
+
+def test_a_model_without_parameters_fits_and_adapts():
+    model = AllHyper()
+    assert list(model.parameters()) == [] and model.device == torch.device("cpu")
+    tasks = bm.TaskSet.from_arrays(torch.zeros(30, 6, 1), 2.0 + 0.5 * torch.randn(30, 6, 1))
+    prior = bm.fit_prior(model, tasks, steps=300, batch_tasks=30, lr=0.05, seed=0, progress=False)
+    assert set(prior.guide.theta_point()) == {"loc", "scale"}
+    # Every task's offset is 2 and 180 points with noise 0.5 pin their mean to ~0.04; q(loc) must centre
+    # there, and 0.3 leaves room only for the spread the learned task scale adds.
+    assert abs(prior.guide.theta_point()["loc"].item() - 2.0) < 0.3
+    post = prior.adapt(tasks.support[:3], method="svi", steps=50)
+    assert post.mean.shape == (3, 1)

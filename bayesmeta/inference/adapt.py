@@ -207,7 +207,7 @@ def adapt(prior: Any, support: TaskData | TaskSet, method: str = "amortized", **
     """Dispatch :meth:`LearnedPrior.adapt` (validates the support set once, here)."""
     if method not in METHODS:
         raise ValueError(f"method: expected one of {sorted(METHODS)}, got {method!r}")
-    device = next(prior.model.parameters()).device
+    device = prior.model.device
     tasks = check_support(support, prior.model).to(device)
     try:
         return METHODS[method](prior, tasks, **options)

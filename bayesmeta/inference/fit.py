@@ -97,7 +97,7 @@ def fit_prior(
     pyro.set_rng_seed(seed)
     if device is not None:
         model.to(device)
-    device = next(model.parameters()).device
+    device = model.device
     tasks = tasks.to(device)
     guide = make_guide(guide, model, len(tasks), **(guide_options or {})).to(device)
     subsample = None if batch_tasks >= len(tasks) else batch_tasks
