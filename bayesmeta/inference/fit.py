@@ -8,9 +8,11 @@ from typing import Any
 import pyro
 import torch
 from pyro.infer import Trace_ELBO
+from pyro.poutine.messenger import Messenger
 from tqdm.auto import tqdm
 
-from bayesmeta.guides import make_guide
+from bayesmeta.guides import TaskGuide, make_guide
+from bayesmeta.guides.base import theta_fixed
 from bayesmeta.inference.checks import check_model, check_positive, check_tasks
 from bayesmeta.inference.learned_prior import LearnedPrior
 from bayesmeta.model import HierarchicalModel
@@ -41,6 +43,8 @@ def fit_prior(
     seed: int = 0,
     progress: bool = True,
     guide_options: dict[str, Any] | None = None,
+    kl_anneal_steps: int = 0,
+    record_every: int = 50,
 ) -> LearnedPrior:
     r"""Learn the shared :math:`\theta` of ``model`` from ``tasks`` by maximizing the ELBO.
 
@@ -70,9 +74,19 @@ def fit_prior(
         seed: seeds Pyro and torch; the same seed gives the same numbers.
         progress: show a tqdm bar with the ELBO per task.
         guide_options: keyword arguments for the guide's constructor.
+        kl_anneal_steps: warm the weight β of the KL term up linearly from 0 to 1 over this many steps
+            (0: no annealing). Both the model's and the guide's ``"phi"`` sites are scaled by β, so the
+            objective is :math:`\mathbb E_q[\log p(D\mid\phi)] - \beta\,\mathrm{KL}(q\,\|\,p_\theta)`:
+            the guard against latent collapse in amortized latent-variable models (Bowman et al. 2016).
+        record_every: every this many steps (and at the last), record in ``history["kl_per_dim"]`` the
+            mean over (up to 256 of) the training tasks of the KL between each coordinate's marginals
+            of :math:`q(\phi_i)` and :math:`p_\theta(\phi)`, nats; a coordinate stuck near 0 is one the
+            model ignores (collapse). ``history["kl_step"]`` holds the steps.
 
     Returns:
-        A :class:`~bayesmeta.LearnedPrior` with ``.model`` (learned θ), ``.guide``, ``.config``, ``.history``.
+        A :class:`~bayesmeta.LearnedPrior` with ``.model`` (learned θ), ``.guide``, ``.config``, ``.history``
+        (``"elbo"``: the objective at each step — the ELBO once β = 1; ``"kl_weight"`` with annealing;
+        ``"kl_step"``, ``"kl_per_dim"``).
 
     Raises:
         NonFiniteLossError: the ELBO or its gradient became NaN/Inf; the model keeps its last good state.
@@ -93,6 +107,9 @@ def fit_prior(
     check_positive(clip_norm, "clip_norm")
     if not 0 < lr_decay <= 1:
         raise ValueError(f"lr_decay: expected a factor in (0, 1], got {lr_decay!r}")
+    if isinstance(kl_anneal_steps, bool) or not isinstance(kl_anneal_steps, int) or kl_anneal_steps < 0:
+        raise ValueError(f"kl_anneal_steps: expected a non-negative int, got {kl_anneal_steps!r}")
+    check_positive(record_every, "record_every", integer=True)
 
     pyro.set_rng_seed(seed)
     if device is not None:
@@ -110,17 +127,22 @@ def fit_prior(
     config = {
         "guide": guide.kind, "steps": steps, "batch_tasks": batch_tasks, "lr": lr, "lr_decay": lr_decay,
         "num_particles": num_particles, "clip_norm": clip_norm, "device": str(device), "seed": seed,
-        "num_tasks": len(tasks),
+        "num_tasks": len(tasks), "kl_anneal_steps": kl_anneal_steps,
     }
-    history: dict[str, list[float]] = {"elbo": []}
+    history: dict[str, list] = {"elbo": [], "kl_step": [], "kl_per_dim": []}
+    if kl_anneal_steps:
+        history["kl_weight"] = []
+    probe = torch.arange(min(len(tasks), 256), device=device)
     prior = LearnedPrior(model, guide, config, history)
 
     start = time.perf_counter()
     bar = tqdm(range(steps), desc="fit_prior", unit="step", disable=not progress, dynamic_ncols=True)
     for step in bar:
         optimizer.zero_grad(set_to_none=True)
+        beta = min(1.0, step / kl_anneal_steps) if kl_anneal_steps else 1.0
         try:
-            loss = loss_fn(tasks, subsample)
+            with _ScaleSite("phi", beta):
+                loss = loss_fn(tasks, subsample)
         except ValueError as error:
             # Distribution validation is where a NaN parameter usually surfaces first in Pyro.
             if "invalid values" not in str(error):
@@ -135,10 +157,44 @@ def fit_prior(
         optimizer.step()
         schedule.step()
         history["elbo"].append(-loss.item())
+        if kl_anneal_steps:
+            history["kl_weight"].append(beta)
+        if step % record_every == 0 or step == steps - 1:
+            kl = kl_per_dim(model, guide, tasks[probe], probe)
+            if kl is not None:
+                history["kl_step"].append(step)
+                history["kl_per_dim"].append(kl)
         if step % 10 == 0 or step == steps - 1:
             bar.set_postfix(elbo_per_task=f"{history['elbo'][-1] / len(tasks):.4g}")
     config["seconds"] = time.perf_counter() - start
     return prior
+
+
+class _ScaleSite(Messenger):
+    """Multiply the log-density of one named site by ``scale`` (in model and guide alike)."""
+
+    def __init__(self, name: str, scale: float) -> None:
+        super().__init__()
+        self.name, self.scale = name, scale
+
+    def _process_message(self, msg: dict) -> None:
+        if msg["name"] == self.name and self.scale != 1.0:
+            msg["scale"] = msg["scale"] * self.scale
+
+
+def kl_per_dim(model: HierarchicalModel, guide: TaskGuide, tasks: TaskSet, index: torch.Tensor) -> list[float] | None:
+    r"""Mean over ``tasks`` of :math:`\mathrm{KL}(q(\phi_{id}) \,\|\, p_\theta(\phi_d))` for each coordinate
+    ``d`` (marginals of both), nats; ``None`` where the prior has no mean or standard deviation."""
+    with torch.no_grad(), theta_fixed(model, guide.theta_point()):
+        q = guide.posterior(tasks, index)
+        prior = model.local_prior()
+        try:
+            p_mean, p_std = prior.mean, prior.stddev
+        except NotImplementedError:
+            return None
+        q_mean, q_std = q.mean, q.variance.sqrt()
+        kl = torch.log(p_std / q_std) + (q_std**2 + (q_mean - p_mean) ** 2) / (2 * p_std**2) - 0.5
+    return kl.mean(0).tolist()
 
 
 def _nonfinite_message(what: str, step: int, value: float) -> str:

@@ -46,6 +46,7 @@ def save_prior(prior: Any, path: str | os.PathLike) -> None:
     model_args, guide_args = model.init_args, prior.guide.init_args
     _check_plain(model_args, f"{type(model).__name__} constructor argument")
     _check_plain(guide_args, "guide argument")
+    _check_plain(prior.history, "history")
     payload = {
         "format": FORMAT,
         "version": FORMAT_VERSION,
@@ -57,7 +58,7 @@ def save_prior(prior: Any, path: str | os.PathLike) -> None:
         "model_state": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "guide_state": {k: v.detach().cpu() for k, v in prior.guide.state_dict().items()},
         "config": {k: v for k, v in prior.config.items() if isinstance(v, _PLAIN)},
-        "history": {k: [float(v) for v in vs] for k, vs in prior.history.items()},
+        "history": {k: list(vs) for k, vs in prior.history.items()},
     }
     atomic_write(path, lambda handle: torch.save(payload, handle))
 
