@@ -3,6 +3,7 @@
 Installed as ``bayesmeta.models``; a user's own model looks exactly like these.
 """
 from bayesmeta.models.linear import HierarchicalLinearRegression
+from bayesmeta.models.neural_process import NeuralProcessModel
 from bayesmeta.models.sinusoid import SinusoidModel
 
-__all__ = ["HierarchicalLinearRegression", "SinusoidModel"]
+__all__ = ["HierarchicalLinearRegression", "NeuralProcessModel", "SinusoidModel"]
