@@ -31,6 +31,16 @@ def test_linear_walkthrough_quick(tmp_path, monkeypatch, capsys, one_thread):
     assert (tmp_path / "linear.prior").exists()
 
 
+def test_fit_prior_on_your_table_quick(tmp_path, monkeypatch, capsys, one_thread):
+    script = EXAMPLES / "fit_prior_on_your_table.py"
+    monkeypatch.setattr(sys, "argv", [str(script), "--quick", "--out", str(tmp_path)])
+    runpy.run_path(str(script), run_name="__main__")
+    out = capsys.readouterr().out
+    for text in ("TaskSet(40 tasks", "learned mean", "posterior mean ± sd", "later years fall inside"):
+        assert text in out
+    assert (tmp_path / "fit_prior_on_your_table.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 @pytest.mark.parametrize("script", sorted(p.name for p in EXAMPLES.glob("*.py")))
 def test_every_example_has_a_quick_mode(script):
     assert "--quick" in (EXAMPLES / script).read_text(), f"{script}: add a --quick flag so the suite can run it"

@@ -7,12 +7,15 @@ from bayesmeta.guides.amortized import AmortizedGuide
 from bayesmeta.guides.base import TaskGuide, gaussian_from_natural, gaussian_natural_params, site_distribution
 from bayesmeta.guides.exact import ExactGuide
 from bayesmeta.guides.per_task import PerTaskGuide
+from bayesmeta.guides.pooled import PooledGuide
 
-__all__ = ["AmortizedGuide", "ExactGuide", "PerTaskGuide", "TaskGuide", "GUIDES", "make_guide",
+__all__ = ["AmortizedGuide", "ExactGuide", "PerTaskGuide", "PooledGuide", "TaskGuide", "GUIDES", "make_guide",
            "gaussian_natural_params", "gaussian_from_natural", "site_distribution"]
 
 #: ``fit_prior(guide=...)`` names and their classes.
-GUIDES: dict[str, type[TaskGuide]] = {"amortized": AmortizedGuide, "per_task": PerTaskGuide, "exact": ExactGuide}
+GUIDES: dict[str, type[TaskGuide]] = {
+    "amortized": AmortizedGuide, "pooled": PooledGuide, "per_task": PerTaskGuide, "exact": ExactGuide,
+}
 
 
 def make_guide(kind: str | TaskGuide, model: Any, collection_size: int, **kwargs: Any) -> TaskGuide:

@@ -23,6 +23,14 @@ class FormatError(ValueError):
     """A file is not a readable bayesmeta prior: truncated, foreign, or from a newer format."""
 
 
+def _is_plain(value: Any) -> bool:
+    try:
+        _check_plain(value, "")
+    except TypeError:
+        return False
+    return True
+
+
 def _check_plain(value: Any, where: str) -> None:
     if isinstance(value, _PLAIN):
         return
@@ -57,7 +65,7 @@ def save_prior(prior: Any, path: str | os.PathLike) -> None:
         "guide_args": guide_args,
         "model_state": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "guide_state": {k: v.detach().cpu() for k, v in prior.guide.state_dict().items()},
-        "config": {k: v for k, v in prior.config.items() if isinstance(v, _PLAIN)},
+        "config": {k: v for k, v in prior.config.items() if _is_plain(v)},
         "history": {k: list(vs) for k, vs in prior.history.items()},
     }
     atomic_write(path, lambda handle: torch.save(payload, handle))
@@ -96,9 +104,11 @@ def load_prior(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # torch raises several types for truncated or foreign files
+        # torch's own text may advise weights_only=False, which a prior never needs: leave it out.
+        detail = str(error).splitlines()[0] if str(error) and "weights_only" not in str(error) else ""
         raise FormatError(
-            f"{path}: not a readable bayesmeta prior (truncated, corrupted or another kind of file): "
-            f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+            f"{path}: not a readable bayesmeta prior (truncated, corrupted or another kind of file; "
+            f"{type(error).__name__}{': ' + detail if detail else ''})"
         ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise FormatError(f"{path}: expected a file written by LearnedPrior.save, got another kind of file")

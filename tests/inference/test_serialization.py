@@ -78,6 +78,30 @@ def test_saved_file_follows_the_umask(fitted, tmp_path):
     assert (tmp_path / "p.prior").stat().st_mode & 0o777 == 0o644
 
 
+def test_plain_config_values_survive(fitted, tmp_path):
+    prior, _ = fitted
+    prior.config["columns"] = ["value", "capital"]
+    prior.config["unsaveable"] = object()
+    try:
+        prior.save(tmp_path / "p.prior")
+    finally:
+        del prior.config["columns"], prior.config["unsaveable"]
+    config = bm.LearnedPrior.load(tmp_path / "p.prior").config
+    assert config["columns"] == ["value", "capital"] and "unsaveable" not in config
+
+
+def test_a_pickle_is_refused_without_advice_to_unpickle(tmp_path):
+    path = tmp_path / "evil.prior"
+    torch.save({"format": "x", "f": _Unsafe()}, path)  # needs unpickling a class: refused by weights_only
+    with pytest.raises(bm.FormatError) as info:
+        bm.LearnedPrior.load(path)
+    assert "not a readable bayesmeta prior" in str(info.value) and "weights_only" not in str(info.value)
+
+
+class _Unsafe:
+    pass
+
+
 def test_truncated_file(fitted, tmp_path):
     prior, _ = fitted
     path = tmp_path / "p.prior"

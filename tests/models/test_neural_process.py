@@ -1,6 +1,7 @@
 """NeuralProcessModel: its program, that it learns to use its latent, and that it saves and loads."""
 from __future__ import annotations
 
+import pytest
 import torch
 from pyro import poutine
 
@@ -24,14 +25,15 @@ def test_likelihood_broadcasts_particles_and_tasks():
     torch.testing.assert_close(batched[2, 1], one[0])
 
 
-def test_it_learns_to_use_its_latent(tmp_path):
+@pytest.mark.parametrize("guide, options", [("amortized", {"context": True, "rank": 2}), ("pooled", {"hidden": 64})])
+def test_it_learns_to_use_its_latent(tmp_path, guide, options):
     """After a short fit, 5 support points must beat the prior predictive: the latent carries the task."""
     family = bm.tasks.Sinusoid()
     train = family.sample(num_tasks=2000, support=10, query=10, seed=0)
     test = family.sample(num_tasks=200, support=5, query=50, seed=1)
     model = NeuralProcessModel(latent_dim=4, hidden=64, depth=2)
-    prior = bm.fit_prior(model, train, steps=800, batch_tasks=64, lr=2e-3, kl_anneal_steps=200,
-                         record_every=100, seed=0, progress=False, guide_options={"context": True, "rank": 2})
+    prior = bm.fit_prior(model, train, guide=guide, steps=800, batch_tasks=64, lr=2e-3, kl_anneal_steps=200,
+                         record_every=100, seed=0, progress=False, guide_options=options)
     assert max(prior.history["kl_per_dim"][-1]) > 0.1  # some coordinate is used: no collapse
     errors = {}
     for shots in (0, 5):
