@@ -105,9 +105,14 @@ def global_latent_sites(model: HierarchicalModel) -> list[str]:
     ]
 
 
-def site_distribution(q: dist.MultivariateNormal) -> dist.MultivariateNormal:
-    """Give a per-task Gaussian (batch ``T``) the ``T x 1`` batch shape of the ``"phi"`` site."""
-    return dist.MultivariateNormal(q.loc[..., None, :], scale_tril=q.scale_tril[..., None, :, :])
+def site_distribution(q: dist.Distribution) -> dist.Distribution:
+    """Give a per-task Gaussian (batch ``T``) the ``T x 1`` batch shape of the ``"phi"`` site.
+
+    ``q`` is a ``MultivariateNormal`` or a diagonal ``Normal(...).to_event(1)`` (kept diagonal).
+    """
+    if isinstance(q, dist.MultivariateNormal):
+        return dist.MultivariateNormal(q.loc[..., None, :], scale_tril=q.scale_tril[..., None, :, :])
+    return dist.Normal(q.mean[..., None, :], q.stddev[..., None, :]).to_event(1)
 
 
 def gaussian_natural_params(prior: dist.Distribution) -> tuple[Tensor, Tensor] | None:

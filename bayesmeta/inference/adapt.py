@@ -86,7 +86,7 @@ def log_joint(model: Callable[..., None], tasks: TaskSet, phi: Tensor) -> Tensor
     return total
 
 
-def _initial_gaussian(prior: Any, tasks: TaskSet) -> dist.MultivariateNormal:
+def _initial_gaussian(prior: Any, tasks: TaskSet) -> dist.Distribution:
     with torch.no_grad(), theta_fixed(prior.model, prior.guide.theta_point()):
         if prior.guide.kind != "per_task":
             return prior.guide.posterior(tasks)
@@ -121,31 +121,39 @@ def adapt_svi(
     check_positive(num_particles, "num_particles", integer=True)
     model = _model_at_theta(prior)
     start = _initial_gaussian(prior, tasks)
-    loc = start.loc.detach().clone().requires_grad_(True)
-    tril = start.scale_tril.detach()
+    # A diagonal start (high-dimensional φ) is refined as a diagonal Gaussian: phi_dim^2 per task is too much.
+    diagonal = not isinstance(start, dist.MultivariateNormal)
+    loc = start.mean.detach().clone().requires_grad_(True)
+    tril = torch.diag_embed(start.stddev.detach()) if diagonal else start.scale_tril.detach()
     log_diag = tril.diagonal(dim1=-2, dim2=-1).log().clone().requires_grad_(True)
-    off_diag = tril.tril(-1).clone().requires_grad_(True)
-    optimizer = torch.optim.Adam([loc, log_diag, off_diag], lr=lr)
+    off_diag = None if diagonal else tril.tril(-1).clone().requires_grad_(True)
+    optimizer = torch.optim.Adam([t for t in (loc, log_diag, off_diag) if t is not None], lr=lr)
     schedule = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=0.1 ** (1.0 / steps))
     generator = torch.Generator(device=loc.device).manual_seed(seed)
 
-    def scale_tril() -> Tensor:
-        return off_diag.tril(-1) + torch.diag_embed(log_diag.exp())
+    def gaussian(detach: bool = False) -> dist.Distribution:
+        mean, log_scale = (loc.detach(), log_diag.detach()) if detach else (loc, log_diag)
+        if diagonal:
+            return dist.Normal(mean, log_scale.exp()).to_event(1)
+        lower = off_diag.detach() if detach else off_diag
+        return dist.MultivariateNormal(mean, scale_tril=lower.tril(-1) + torch.diag_embed(log_scale.exp()))
 
     with frozen(prior.model):
         for _ in tqdm(range(steps), desc="adapt svi", unit="step", disable=not progress, dynamic_ncols=True):
             optimizer.zero_grad(set_to_none=True)
             noise = torch.randn((num_particles,) + loc.shape, generator=generator, device=loc.device, dtype=loc.dtype)
-            tril_now = scale_tril()
-            phi = loc + (tril_now @ noise[..., None]).squeeze(-1)
-            log_q = dist.MultivariateNormal(loc.detach(), scale_tril=tril_now.detach()).log_prob(phi)
+            q = gaussian()
+            phi = loc + (noise * log_diag.exp() if diagonal else (q.scale_tril @ noise[..., None]).squeeze(-1))
+            # Sticking the landing: log q with its parameters detached (see the docstring).
+            log_q = gaussian(detach=True).log_prob(phi)
             loss = -(log_joint(model, tasks, phi) - log_q).sum() / num_particles
             if not torch.isfinite(loss):
                 raise FloatingPointError("adapt(method='svi'): the ELBO became NaN/Inf; lower lr")
             loss.backward()
             optimizer.step()
             schedule.step()
-    q = dist.MultivariateNormal(loc.detach(), scale_tril=scale_tril().detach())
+    with torch.no_grad():
+        q = gaussian(detach=True)
     return TaskPosterior(prior.model, tasks, "svi", distribution=q)
 
 
@@ -173,7 +181,7 @@ def adapt_nuts(
     if not isinstance(warmup_steps, int) or warmup_steps < 0:
         raise ValueError(f"warmup_steps: expected a non-negative int, got {warmup_steps!r}")
     pyro.set_rng_seed(seed)
-    start = _initial_gaussian(prior, tasks).loc[..., None, :]
+    start = _initial_gaussian(prior, tasks).mean[..., None, :]
     kernel = NUTS(_model_at_theta(prior), jit_compile=jit_compile, ignore_jit_warnings=True, target_accept_prob=target_accept_prob,
                   init_strategy=init_to_value(values={"phi": start}))
     mcmc = MCMC(kernel, num_samples=num_samples, warmup_steps=warmup_steps, num_chains=num_chains,

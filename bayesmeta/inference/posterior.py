@@ -60,7 +60,8 @@ class TaskPosterior:
         model: the model with the learned :math:`\theta`.
         support: the support-only :class:`~bayesmeta.TaskSet` it was conditioned on.
         method: how it was computed.
-        distribution: ``MultivariateNormal`` with batch ``T`` and event ``phi_dim``, or ``None``.
+        distribution: a Gaussian with batch ``T`` and event ``phi_dim`` (``MultivariateNormal``, or a diagonal
+            ``Normal(...).to_event(1)`` for high-dimensional φ), or ``None``.
         draws: ``num_chains x num_samples x T x phi_dim`` posterior draws, or ``None``.
         diagnostics: method-specific extras (e.g. NUTS divergences).
     """
@@ -97,8 +98,10 @@ class TaskPosterior:
     @property
     def covariance(self) -> Tensor:
         """``T x phi_dim x phi_dim`` posterior covariance."""
-        if self.distribution is not None:
+        if isinstance(self.distribution, dist.MultivariateNormal):
             return self.distribution.covariance_matrix
+        if self.distribution is not None:  # a diagonal Gaussian
+            return torch.diag_embed(self.distribution.variance)
         flat = self.draws.flatten(0, 1)
         centred = flat - flat.mean(0)
         return torch.einsum("std,ste->tde", centred, centred) / (flat.shape[0] - 1)
