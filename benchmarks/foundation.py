@@ -23,12 +23,8 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import os
-import platform
-import shlex
 import statistics
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +34,7 @@ import pyro
 import torch
 
 import bayesmeta as bm
+from _report import command_line, fmt, log, machine_section, table, write_page  # noqa: E402
 from bayesmeta.models import HierarchicalLinearRegression
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,82 +71,22 @@ class Settings:
         )
 
 
-#: 1-minute load averages sampled at every progress message: other processes slow every timing.
-LOADS: list[float] = []
 
 
-def log(message: str) -> None:
-    LOADS.append(os.getloadavg()[0])
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 # ---------------------------------------------------------------------- Markdown
-def table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[bool] | None = None) -> str:
-    """A Markdown table with padded, aligned columns (``right[i]``: right-align column i)."""
-    right = list(right) if right is not None else [False] + [True] * (len(headers) - 1)
-    widths = [max(len(str(c)) for c in col) for col in zip(headers, *rows)]
-    widths = [max(w, 3) for w in widths]
-
-    def line(cells: Sequence[str]) -> str:
-        padded = [str(c).rjust(w) if r else str(c).ljust(w) for c, w, r in zip(cells, widths, right)]
-        return "| " + " | ".join(padded) + " |"
-
-    rule = "|" + "|".join("-" * (w + 1) + ":" if r else ":" + "-" * (w + 1) for w, r in zip(widths, right)) + "|"
-    return "\n".join([line(headers), rule] + [line(r) for r in rows])
 
 
-def fmt(value: float, digits: int = 3) -> str:
-    return f"{value:.{digits}g}" if abs(value) < 1e4 else f"{value:.0f}"
 
 
-def write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file private (0600); give it a normal file's mode
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 # ---------------------------------------------------------------------- the machine
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
-def command_line() -> str:
-    python = sys.executable
-    try:
-        rel = os.path.relpath(python)
-        python = rel if not rel.startswith("..") else python
-    except ValueError:
-        pass
-    return shlex.join([python] + sys.argv)
 
 
-def machine_section() -> str:
-    cores = os.cpu_count() or 1
-    busy = max(LOADS) > cores + 0.5
-    return "\n".join([
-        f"* CPU: {cpu_model()}, {os.cpu_count()} cores; torch threads: {torch.get_num_threads()} "
-        f"(intra-op, as the machine sets it), inter-op {torch.get_num_interop_threads()}",
-        f"* Python {platform.python_version()}, torch {torch.__version__}, pyro {pyro.__version__}, "
-        f"bayesmeta {bm.__version__}",
-        f"* 1-minute load average during the run: {min(LOADS):.2f}–{max(LOADS):.2f} over {len(LOADS)} samples"
-        + (f" — **above the {cores} cores: other processes competed for the CPU, so timings are inflated and "
-           "noisy (see the ranges)**" if busy else " (this benchmark alone loads about 2)"),
-    ])
 
 
 # ---------------------------------------------------------------------- 1. fit_prior step time
@@ -396,7 +333,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         command_line(),
         "```",
         "",
-        machine_section(),
+        machine_section("intra-op, as the machine sets it", 2, " (see the ranges)"),
         "",
         "Timings are only comparable within one run on one machine.",
         "",
@@ -416,7 +353,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if out == "-":
         sys.stdout.write(page)
     else:
-        write_atomic(Path(out), page)
+        write_page(out, page)
         log(f"wrote {out}")
     log(f"total wall time {wall:.0f} s")
     return 0

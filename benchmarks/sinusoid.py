@@ -28,9 +28,6 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import argparse
 import datetime
-import math
-import platform
-import shlex
 import sys
 import time
 from dataclasses import dataclass, field
@@ -41,7 +38,7 @@ import pyro
 import torch
 
 import bayesmeta as bm
-from bayesmeta._files import atomic_write
+from _report import command_line, fmt, log, machine_section, table, write_page  # noqa: E402
 from bayesmeta.evaluation.metrics import gaussian_nll, interval_coverage, mse, summarize
 from bayesmeta.inference.posterior import Prediction
 from bayesmeta.models import NeuralProcessModel, SinusoidModel
@@ -97,34 +94,13 @@ class Settings:
         )
 
 
-#: 1-minute load averages sampled at every progress message: other processes slow every timing.
-LOADS: list[float] = []
 
 
-def log(message: str) -> None:
-    LOADS.append(os.getloadavg()[0])
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 # ---------------------------------------------------------------------- Markdown
-def table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[bool] | None = None) -> str:
-    """A Markdown table with padded, aligned columns (``right[i]``: right-align column i)."""
-    right = list(right) if right is not None else [False] + [True] * (len(headers) - 1)
-    widths = [max(len(str(c)) for c in col) for col in zip(headers, *rows)]
-    widths = [max(w, 3) for w in widths]
-
-    def line(cells: Sequence[str]) -> str:
-        padded = [str(c).rjust(w) if r else str(c).ljust(w) for c, w, r in zip(cells, widths, right)]
-        return "| " + " | ".join(padded) + " |"
-
-    rule = "|" + "|".join("-" * (w + 1) + ":" if r else ":" + "-" * (w + 1) for w, r in zip(widths, right)) + "|"
-    return "\n".join([line(headers), rule] + [line(r) for r in rows])
 
 
-def fmt(value: float, digits: int = 3) -> str:
-    if math.isnan(value):
-        return "nan"
-    return f"{value:.{digits}g}" if abs(value) < 1e4 else f"{value:.0f}"
 
 
 def pm(stat: tuple[float, float] | None, digits: int = 3) -> str:
@@ -134,39 +110,10 @@ def pm(stat: tuple[float, float] | None, digits: int = 3) -> str:
 
 
 # ---------------------------------------------------------------------- the machine
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
-def command_line() -> str:
-    python = sys.executable
-    try:
-        rel = os.path.relpath(python)
-        python = rel if not rel.startswith("..") else python
-    except ValueError:
-        pass
-    return shlex.join([python] + sys.argv)
 
 
-def machine_section() -> str:
-    cores = os.cpu_count() or 1
-    busy = max(LOADS) > cores + 0.5
-    return "\n".join([
-        f"* CPU: {cpu_model()}, {os.cpu_count()} cores; torch threads: {torch.get_num_threads()} "
-        f"(set to 1 by the script; OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}), "
-        f"inter-op {torch.get_num_interop_threads()}",
-        f"* Python {platform.python_version()}, torch {torch.__version__}, pyro {pyro.__version__}, "
-        f"bayesmeta {bm.__version__}",
-        f"* 1-minute load average during the run: {min(LOADS):.2f}–{max(LOADS):.2f} over {len(LOADS)} samples"
-        + (f" — **above the {cores} cores: other processes competed for the CPU, so timings are inflated and "
-           "noisy**" if busy else " (this benchmark alone loads about 1)"),
-    ])
 
 
 # ---------------------------------------------------------------------- scoring
@@ -452,7 +399,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         command_line(),
         "```",
         "",
-        machine_section(),
+        machine_section(f"set to 1 by the script; OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}", 1),
         "",
         "Timings are only comparable within one run on one machine. Rows that score a subset of the test tasks "
         "have larger standard errors and are not directly comparable with the full-set rows at the third digit.",
@@ -481,7 +428,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if out == "-":
         sys.stdout.write(page)
     else:
-        atomic_write(Path(out), lambda f: f.write(page.encode("utf-8")))
+        write_page(out, page)
         log(f"wrote {out}")
     log(f"total wall time {wall:.0f} s")
     return 0

@@ -1,0 +1,83 @@
+"""What every benchmark page shares: progress lines, the machine it ran on, Markdown tables, an atomic write."""
+from __future__ import annotations
+
+import os
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+import pyro
+import torch
+
+import bayesmeta as bm
+from bayesmeta._files import atomic_write
+
+#: 1-minute load averages sampled at every progress message: other processes slow every timing.
+LOADS: list[float] = []
+
+
+def log(message: str) -> None:
+    LOADS.append(os.getloadavg()[0])
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[bool] | None = None) -> str:
+    """A Markdown table with padded, aligned columns (``right[i]``: right-align column i)."""
+    right = list(right) if right is not None else [False] + [True] * (len(headers) - 1)
+    widths = [max(len(str(c)) for c in col) for col in zip(headers, *rows)]
+    widths = [max(w, 3) for w in widths]
+
+    def line(cells: Sequence[str]) -> str:
+        padded = [str(c).rjust(w) if r else str(c).ljust(w) for c, w, r in zip(cells, widths, right)]
+        return "| " + " | ".join(padded) + " |"
+
+    rule = "|" + "|".join("-" * (w + 1) + ":" if r else ":" + "-" * (w + 1) for w, r in zip(widths, right)) + "|"
+    return "\n".join([line(headers), rule] + [line(r) for r in rows])
+
+
+def fmt(value: float, digits: int = 3) -> str:
+    if value != value:  # NaN
+        return "nan"
+    return f"{value:.{digits}g}" if abs(value) < 1e4 else f"{value:.0f}"
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def command_line() -> str:
+    python = sys.executable
+    try:
+        rel = os.path.relpath(python)
+        python = rel if not rel.startswith("..") else python
+    except ValueError:
+        pass
+    return shlex.join([python] + sys.argv)
+
+
+def machine_section(threads_note: str, own_load: int, busy_note: str = "") -> str:
+    """The page's machine lines; ``own_load`` is the load the benchmark itself puts on the machine."""
+    cores = os.cpu_count() or 1
+    busy = max(LOADS) > cores + 0.5
+    return "\n".join([
+        f"* CPU: {cpu_model()}, {cores} cores; torch threads: {torch.get_num_threads()} ({threads_note}), "
+        f"inter-op {torch.get_num_interop_threads()}",
+        f"* Python {platform.python_version()}, torch {torch.__version__}, pyro {pyro.__version__}, "
+        f"bayesmeta {bm.__version__}",
+        f"* 1-minute load average during the run: {min(LOADS):.2f}–{max(LOADS):.2f} over {len(LOADS)} samples"
+        + (f" — **above the {cores} cores: other processes competed for the CPU, so timings are inflated and "
+           f"noisy{busy_note}**" if busy else f" (this benchmark alone loads about {own_load})"),
+    ])
+
+
+def write_page(path: str | os.PathLike, text: str) -> None:
+    atomic_write(path, lambda handle: handle.write(text.encode("utf-8")))

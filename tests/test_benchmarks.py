@@ -1,0 +1,20 @@
+"""The benchmark scripts still run (their --quick mode prints the page and writes nothing)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("script, title", [("foundation.py", "# Benchmarks"), ("sinusoid.py", "# Sinusoid regression benchmark")])
+def test_quick_run_prints_its_page(script, title):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--quick"], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.startswith(title) and "quick smoke run" in result.stdout
