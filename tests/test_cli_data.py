@@ -101,6 +101,25 @@ def test_fit_sinusoid_on_one_column(tmp_path):
     assert type(bm.LearnedPrior.load(tmp_path / "s.prior").model).__name__ == "SinusoidModel"
 
 
+@pytest.mark.parametrize("model, cls", [("np", "NeuralProcessModel"), ("bnn", "HierarchicalBNN")])
+def test_fit_and_adapt_the_network_models(tmp_path, model, cls):
+    tasks = bm.tasks.Sinusoid(noise_std=0.1).sample(num_tasks=12, support=6, query=0, seed=0)
+    table = pd.DataFrame({"curve": np.repeat(np.arange(12), 6), "t": tasks.support.x.reshape(-1).numpy(),
+                          "signal": tasks.support.y.reshape(-1).numpy()})
+    table.to_csv(tmp_path / "curves.csv", index=False)
+    table[table.curve == 3].iloc[:3].to_csv(tmp_path / "new.csv", index=False)
+    pd.DataFrame({"curve": [3, 3], "t": [0.0, 1.0]}).to_csv(tmp_path / "grid.csv", index=False)
+    stdout = run(["fit", str(tmp_path / "curves.csv"), "--task-col", "curve", "--x", "t", "--y", "signal",
+                  "--model", model, "--steps", "6", "--no-progress", "--out", str(tmp_path / "m.prior")])
+    assert "guide pooled" in stdout and "lr 0.001" in stdout
+    prior = bm.LearnedPrior.load(tmp_path / "m.prior")
+    assert type(prior.model).__name__ == cls and prior.guide.kind == "pooled" and prior.config["kl_anneal_steps"] == 2
+    run(["adapt", str(tmp_path / "m.prior"), str(tmp_path / "new.csv"), "--predict", str(tmp_path / "grid.csv"),
+         "--out", str(tmp_path / "p.csv")])
+    predictions = pd.read_csv(tmp_path / "p.csv")
+    assert list(predictions.t) == [0.0, 1.0] and np.isfinite(predictions[["mean", "std"]].to_numpy()).all()
+
+
 def test_fit_points_out_large_columns(tmp_path):
     (tmp_path / "big.csv").write_text("firm,value,capital,invest\na,1500,2,300\na,2500,1,250\nb,900,3,100\n")
     stdout = run(["fit", str(tmp_path / "big.csv"), *COLUMNS, "--guide", "exact", "--steps", "1", "--no-progress",

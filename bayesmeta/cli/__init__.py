@@ -158,14 +158,16 @@ def _add_fit(commands: Any) -> None:
     fit.add_argument("--model", choices=list(MODELS), default="linear",
                      help="the task model: " + "; ".join(f"{name}: {c.summary}" for name, c in MODELS.items())
                      + " (default: linear)")
-    fit.add_argument("--guide", choices=list(GUIDES), default="amortized",
+    fit.add_argument("--guide", choices=list(GUIDES), default=None,
                      help="amortized: a network that reads a task's points (adapts new tasks in one pass); "
-                     "per_task: one Gaussian per training task; exact: closed form, linear only "
-                     "(default: amortized)")
+                     "pooled: the neural-process encoder (for np and bnn); per_task: one Gaussian per training "
+                     "task; exact: closed form, linear only (default: the model's: pooled for np and bnn, "
+                     "amortized otherwise)")
     fit.add_argument("--steps", type=positive_int, default=2000, help="optimizer steps (default: 2000)")
     fit.add_argument("--batch-tasks", type=positive_int, default=64,
                      help="tasks per step (default: 64; all of them if there are fewer)")
-    fit.add_argument("--lr", type=positive_float, default=1e-2, help="Adam learning rate (default: 0.01)")
+    fit.add_argument("--lr", type=positive_float, default=None,
+                     help="Adam learning rate (default: the model's: 0.001 for np and bnn, 0.01 otherwise)")
     fit.add_argument("--seed", type=seed_arg, default=0, help="seeds the fit (default: 0)")
     _add_device_and_threads(fit)
     fit.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -26,12 +26,17 @@ class ModelChoice:
         summary: one line for ``--help``.
         x_dim: the number of ``--x`` columns the model takes (``None``: any number).
         labels: the names of φ's coordinates given the ``--x`` column names (``None``: ``model.phi_names``).
+        guide, lr: the defaults of ``--guide`` and ``--lr`` for this model.
+        anneal: the fraction of the steps over which the KL term is warmed up (latent-variable models).
     """
 
     build: Callable[[int], Any]
     summary: str
     x_dim: int | None = None
     labels: Callable[[list[str]], list[str]] | None = None
+    guide: str = "amortized"
+    lr: float = 1e-2
+    anneal: float = 0.0
 
     def check_x(self, name: str, x: list[str]) -> None:
         if self.x_dim is not None and len(x) != self.x_dim:
@@ -53,12 +58,31 @@ def _sinusoid(x_dim: int) -> Any:
     return SinusoidModel()
 
 
+def _neural_process(x_dim: int) -> Any:
+    from bayesmeta.models import NeuralProcessModel
+
+    return NeuralProcessModel(x_dim=x_dim)
+
+
+def _bnn(x_dim: int) -> Any:
+    from bayesmeta.models import HierarchicalBNN
+
+    return HierarchicalBNN(x_dim=x_dim)
+
+
 #: ``bayesmeta fit --model`` names; a new model family plugs in with one entry.
 MODELS: dict[str, ModelChoice] = {
     "linear": ModelChoice(_linear, "y = x·w_i + b_i + noise, a coefficient vector per task (any number of "
                           "--x columns)", labels=lambda x: [*x, "intercept"]),
     "sinusoid": ModelChoice(_sinusoid, "y = A_i sin(x - p_i) + noise, an amplitude and phase per task "
                             "(one --x column)", x_dim=1),
+    # Networks: the pooled encoder (cost linear in phi_dim), a smaller step, and KL warm-up against collapse.
+    "np": ModelChoice(_neural_process, "y = g(x, z_i) + noise, a shared decoder network and an 8-number latent "
+                      "per task (any number of --x columns; default guide pooled, lr 0.001)",
+                      guide="pooled", lr=1e-3, anneal=1 / 3),
+    "bnn": ModelChoice(_bnn, "y = f_i(x) + noise, a 40-40 ReLU network per task under a learned prior over "
+                       "its weights (any number of --x columns; default guide pooled, lr 0.001)",
+                       guide="pooled", lr=1e-3, anneal=1 / 3),
 }
 
 
@@ -81,14 +105,17 @@ def _fit(args: argparse.Namespace) -> int:
     counts = tasks.support.counts
     note = _scale_note(tasks, columns)
     model = choice.build(len(columns.x))
+    guide = args.guide or choice.guide
+    lr = args.lr or choice.lr
     print(f"bayesmeta fit: {len(tasks)} tasks ({columns.task!r}), {int(counts.sum())} points "
           f"({count_span(counts)} per task) from {args.csv}; y = {columns.y}, x = {', '.join(columns.x)}")
-    print(f"model {args.model} ({type(model).__name__}), guide {args.guide}, {args.steps} steps of "
-          f"{min(args.batch_tasks, len(tasks))} tasks, lr {args.lr:g}, seed {args.seed}, device {args.device}")
+    print(f"model {args.model} ({type(model).__name__}), guide {guide}, {args.steps} steps of "
+          f"{min(args.batch_tasks, len(tasks))} tasks, lr {lr:g}, seed {args.seed}, device {args.device}")
     if note:
         print(note)
-    prior = bm.fit_prior(model, tasks, guide=args.guide, steps=args.steps, batch_tasks=args.batch_tasks,
-                         lr=args.lr, device=args.device, seed=args.seed, progress=not args.no_progress)
+    prior = bm.fit_prior(model, tasks, guide=guide, steps=args.steps, batch_tasks=args.batch_tasks,
+                         lr=lr, device=args.device, seed=args.seed, progress=not args.no_progress,
+                         kl_anneal_steps=int(choice.anneal * args.steps))
     prior.config.update(columns.to_config(), cli_model=args.model)
     last = prior.history["elbo"][-min(50, args.steps):]
     elbo = sum(last) / len(last)
@@ -125,6 +152,8 @@ def theta_table_learned(model: Any, labels: list[str]) -> Any:
 
     loc, scale = getattr(model, "prior_loc", None), getattr(model, "prior_scale", None)
     if not (isinstance(loc, torch.Tensor) and isinstance(scale, torch.Tensor)) or loc.shape != (len(labels),):
+        return None
+    if len(labels) > 32:  # e.g. every weight of a network: too long to read
         return None
     return pd.DataFrame(
         {"prior mean": loc.detach().cpu().double().tolist(), "prior sd": scale.detach().cpu().double().tolist()},
