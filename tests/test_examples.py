@@ -44,3 +44,13 @@ def test_fit_prior_on_your_table_quick(tmp_path, monkeypatch, capsys, one_thread
 @pytest.mark.parametrize("script", sorted(p.name for p in EXAMPLES.glob("*.py")))
 def test_every_example_has_a_quick_mode(script):
     assert "--quick" in (EXAMPLES / script).read_text(), f"{script}: add a --quick flag so the suite can run it"
+
+
+def test_sinusoid_meta_learning_quick(tmp_path, monkeypatch, capsys, one_thread):
+    script = EXAMPLES / "sinusoid_meta_learning.py"
+    monkeypatch.setattr(sys, "argv", [str(script), "--quick", "--out", str(tmp_path)])
+    runpy.run_path(str(script), run_name="__main__")
+    out = capsys.readouterr().out
+    assert "KL per latent coordinate" in out and "Bayes-optimal" in out
+    assert len([line for line in out.splitlines() if line.strip().startswith(("1 ", "2 ", "5 ", "10 "))]) == 4
+    assert (tmp_path / "sinusoid_meta_learning.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,0 +1,98 @@
+"""Meta-learn sinusoids with a neural process, and see how close a handful of points gets to the Bayes limit.
+
+Each task is a sine curve y = A sin(x - p) with its own amplitude and phase (the MAML regression family).
+The story:
+
+1. sample many training tasks; a ``NeuralProcessModel`` learns, across them, a decoder g(x, z) shared by
+   all tasks and a prior over a small latent z per task;
+2. adapt held-out tasks from 1, 2, 5 and 10 points: the pooled encoder reads the points and returns
+   q(z | points) in one pass (``"amortized"``), and ``"svi"`` refines that guess per task;
+3. score the predictions against the Bayes-optimal predictor — the exact posterior over (A, p) under the
+   true task distribution, the floor no method can beat;
+4. plot six held-out tasks: their points, the true curve, the predictive mean and 90% band.
+
+What you will see (12000 steps, seed 0): the model uses exactly two latent coordinates; 10 points give
+query MSE ~0.011 amortized and ~2e-4 with svi; at 5 points the amortized bands are sometimes too narrow
+and miss the curve (overconfident), which svi refinement repairs. Closing that amortization gap is open
+work (docs/sinusoid.md has the numbers).
+
+Run it:  python examples/sinusoid_meta_learning.py            (12000 steps: about 2 minutes on 2 cores)
+         python examples/sinusoid_meta_learning.py --quick    (a few seconds: a smoke test)
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+import bayesmeta as bm
+from bayesmeta.evaluation import mse, summarize
+from bayesmeta.models import NeuralProcessModel
+from bayesmeta.tasks import sinusoid_bayes_predict
+
+SHOTS = (1, 2, 5, 10)
+
+
+def main(quick: bool = False, out: str = "runs") -> None:
+    # ---------------------------------------------------------------- 1. tasks and the learned prior
+    family = bm.tasks.Sinusoid()  # amplitude U[0.1, 5], phase U[0, pi], x U[-5, 5], noiseless
+    train = family.sample(num_tasks=500 if quick else 20000, support=10, query=10, seed=0)
+    test = family.sample(num_tasks=50 if quick else 500, support=max(SHOTS), query=100, seed=1)
+    model = NeuralProcessModel(hidden=32 if quick else 128)
+    steps = 100 if quick else 12000
+    # The pooled encoder suits a non-linear model; KL warm-up keeps the decoder from ignoring z early on.
+    prior = bm.fit_prior(model, train, guide="pooled", steps=steps, batch_tasks=64, lr=1e-3,
+                         kl_anneal_steps=steps // 3, seed=0, progress=not quick)
+    used = [f"{kl:.2f}" for kl in prior.history["kl_per_dim"][-1]]
+    print(f"fitted in {prior.config['seconds']:.0f} s; KL per latent coordinate (nats): {', '.join(used)}")
+    print("(a coordinate near 0 is unused: sinusoids have two degrees of freedom, amplitude and phase)\n")
+
+    # ---------------------------------------------------------------- 2-3. adapt and score against the floor
+    print(f"query MSE over {len(test)} held-out tasks (mean ± standard error)")
+    print("svi is slow, so it runs on the first 20 tasks; compare it with the floor on those same 20")
+    print(f"{'shots':>5}  {'Bayes-optimal':>16}  {'amortized':>16}  {'svi (first 20)':>16}  {'floor (first 20)':>16}")
+    few = test[:20]
+    for shots in SHOTS:
+        support = test.support.head(shots)
+        floor = sinusoid_bayes_predict(family, support, test.query.x)
+        amortized = prior.adapt(support).predict(test.query.x, num_samples=50, seed=0)
+        refined = prior.adapt(few.support.head(shots), method="svi", steps=30 if quick else 500)
+        refined_pred = refined.predict(few.query.x, num_samples=50, seed=0)
+        floor_few = sinusoid_bayes_predict(family, few.support.head(shots), few.query.x)
+        row = [summarize(mse(p.mean, q.y, q.mask)) for p, q in
+               ((floor, test.query), (amortized, test.query), (refined_pred, few.query), (floor_few, few.query))]
+        print(f"{shots:>5}  " + "  ".join(f"{m:7.4f} ± {se:6.4f}" for m, se in row))
+
+    # ---------------------------------------------------------------- 4. six tasks, drawn
+    shots = 5
+    six = test[:6]
+    grid = torch.linspace(-5, 5, 200).expand(6, 200)[..., None]
+    pred = prior.adapt(six.support.head(shots)).predict(grid, num_samples=200, seed=0)
+    lower, upper = pred.interval(0.9)
+    truth = family.function(grid, six.params)
+    figure = Figure(figsize=(12, 6), layout="constrained")
+    FigureCanvasAgg(figure)
+    for i, ax in enumerate(figure.subplots(2, 3).flat):
+        x = grid[i, :, 0]
+        ax.plot(x, truth[i, :, 0], color="black", lw=1, label="true curve")
+        ax.plot(x, pred.mean[i, :, 0], color="C0", label="predictive mean")
+        ax.fill_between(x, lower[i, :, 0], upper[i, :, 0], color="C0", alpha=0.25, label="90% band")
+        ax.scatter(six.support.x[i, :shots, 0], six.support.y[i, :shots, 0], color="C3", zorder=3, label="support")
+        ax.set_title(f"task {i}: A={six.params['amplitude'][i]:.2f}, p={six.params['phase'][i]:.2f}")
+    figure.axes[0].legend(fontsize="small")
+    figure.suptitle(f"{shots}-shot adaptation, amortized neural process")
+    path = Path(out) / "sinusoid_meta_learning.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100)
+    print(f"\nwrote {path}")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a few seconds: tiny settings for the test suite")
+    parser.add_argument("--out", default="runs", help="folder for the figure (default: runs)")
+    args = parser.parse_args()
+    main(quick=args.quick, out=args.out)
