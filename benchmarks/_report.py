@@ -81,3 +81,13 @@ def machine_section(threads_note: str, own_load: int, busy_note: str = "") -> st
 
 def write_page(path: str | os.PathLike, text: str) -> None:
     atomic_write(path, lambda handle: handle.write(text.encode("utf-8")))
+
+
+def publish(page: str, out: str, started: float) -> None:
+    """Print the page (``out == "-"``) or write it atomically, and log the wall time since ``started``."""
+    if out == "-":
+        sys.stdout.write(page)
+    else:
+        write_page(out, page)
+        log(f"wrote {out}")
+    log(f"total wall time {time.perf_counter() - started:.0f} s")

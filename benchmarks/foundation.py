@@ -34,7 +34,7 @@ import pyro
 import torch
 
 import bayesmeta as bm
-from _report import command_line, fmt, log, machine_section, table, write_page  # noqa: E402
+from _report import command_line, fmt, log, machine_section, publish, table  # noqa: E402
 from bayesmeta.models import HierarchicalLinearRegression
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -350,12 +350,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         gap_text,
         "",
     ])
-    if out == "-":
-        sys.stdout.write(page)
-    else:
-        write_page(out, page)
-        log(f"wrote {out}")
-    log(f"total wall time {wall:.0f} s")
+    publish(page, out, started)
     return 0
 
 

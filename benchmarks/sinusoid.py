@@ -38,7 +38,7 @@ import pyro
 import torch
 
 import bayesmeta as bm
-from _report import command_line, fmt, log, machine_section, table, write_page  # noqa: E402
+from _report import command_line, fmt, log, machine_section, publish, table  # noqa: E402
 from bayesmeta.evaluation.metrics import gaussian_nll, interval_coverage, mse, summarize
 from bayesmeta.inference.posterior import Prediction
 from bayesmeta.models import NeuralProcessModel, SinusoidModel
@@ -425,12 +425,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         references_section(),
         "",
     ])
-    if out == "-":
-        sys.stdout.write(page)
-    else:
-        write_page(out, page)
-        log(f"wrote {out}")
-    log(f"total wall time {wall:.0f} s")
+    publish(page, out, started)
     return 0
 
 

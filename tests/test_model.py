@@ -99,8 +99,13 @@ def test_hyperprior_sites_get_a_global_guide(linear_tasks, tmp_path):
     assert prior.guide.global_guide is not None
     theta = prior.guide.theta_point()
     assert set(theta) == {"prior_loc"}
-    # q(prior_loc) concentrates on the empirical-Bayes value: within the 0.1 of the truth.
-    assert (theta["prior_loc"] - family.theta["prior_loc"]).abs().max() < 0.15
+    # With a flat N(0, 10^2) hyperprior, q(prior_loc) centres on the type-II ML estimate from the same tasks.
+    # Its posterior sd is about prior_scale / sqrt(400) <= 1.5 / 20 = 0.075, so 0.05 bounds the inference
+    # error well inside it (measured 0.011); comparing with the truth would add ~0.075 of sampling error.
+    ml = HierarchicalLinearRegression(2)
+    bm.fit_prior(ml, tasks, guide="exact", steps=1500, batch_tasks=len(tasks), lr=0.05, lr_decay=0.01, seed=0,
+                 progress=False)
+    assert (theta["prior_loc"] - ml.prior_loc.detach()).abs().max() < 0.05
     support = tasks.support[:10].head(3)
     for method, options in [("amortized", {}), ("exact", {}), ("svi", {"steps": 50}),
                             ("nuts", {"num_samples": 50, "warmup_steps": 50})]:
