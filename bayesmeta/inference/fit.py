@@ -16,7 +16,7 @@ from bayesmeta.guides.base import theta_fixed
 from bayesmeta.inference.checks import check_model, check_positive, check_tasks
 from bayesmeta.inference.learned_prior import LearnedPrior
 from bayesmeta.model import HierarchicalModel
-from bayesmeta.tasks.taskset import TaskSet
+from bayesmeta.tasks.taskset import TaskData, TaskSet
 
 __all__ = ["fit_prior", "NonFiniteLossError"]
 
@@ -45,6 +45,7 @@ def fit_prior(
     guide_options: dict[str, Any] | None = None,
     kl_anneal_steps: int = 0,
     record_every: int = 50,
+    random_subsets: bool = False,
 ) -> LearnedPrior:
     r"""Learn the shared :math:`\theta` of ``model`` from ``tasks`` by maximizing the ELBO.
 
@@ -83,6 +84,15 @@ def fit_prior(
             mean over (up to 256 of) the training tasks of the KL between each coordinate's marginals
             of :math:`q(\phi_i)` and :math:`p_\theta(\phi)`, nats; a coordinate stuck near 0 is one the
             model ignores (collapse). ``history["kl_step"]`` holds the steps.
+        random_subsets: at each step every task of the minibatch keeps a random subset of its points (support
+            and query alike), of a size drawn uniformly from 1 to its number of points; model and guide see
+            the same subset. An encoder that reads the points (``"amortized"``, ``"pooled"``) thus learns
+            :math:`q(\phi \mid D)` for sets of every size it will be given at ``adapt`` — 1 point as well as
+            20 — as neural processes are trained on random context sizes (Garnelo et al. 2018). The objective
+            becomes the expected ELBO of a random subset, a bound on a composite marginal likelihood
+            :math:`\mathbb E_S \log p_\theta(D_S)`, which for a well-specified model is maximized by the
+            true :math:`\theta` as the full marginal likelihood is. (Measured on sinusoids in
+            ``docs/sinusoid.md``.)
 
     Returns:
         A :class:`~bayesmeta.LearnedPrior` with ``.model`` (learned θ), ``.guide``, ``.config``, ``.history``
@@ -111,6 +121,8 @@ def fit_prior(
     if isinstance(kl_anneal_steps, bool) or not isinstance(kl_anneal_steps, int) or kl_anneal_steps < 0:
         raise ValueError(f"kl_anneal_steps: expected a non-negative int, got {kl_anneal_steps!r}")
     check_positive(record_every, "record_every", integer=True)
+    if not isinstance(random_subsets, bool):
+        raise ValueError(f"random_subsets: expected True or False, got {random_subsets!r}")
 
     pyro.set_rng_seed(seed)
     if device is not None:
@@ -128,7 +140,7 @@ def fit_prior(
     config = {
         "guide": guide.kind, "steps": steps, "batch_tasks": batch_tasks, "lr": lr, "lr_decay": lr_decay,
         "num_particles": num_particles, "clip_norm": clip_norm, "device": str(device), "seed": seed,
-        "num_tasks": len(tasks), "kl_anneal_steps": kl_anneal_steps,
+        "num_tasks": len(tasks), "kl_anneal_steps": kl_anneal_steps, "random_subsets": random_subsets,
     }
     history: dict[str, list] = {"elbo": [], "kl_step": [], "kl_per_dim": []}
     if kl_anneal_steps:
@@ -143,7 +155,7 @@ def fit_prior(
         beta = min(1.0, step / kl_anneal_steps) if kl_anneal_steps else 1.0
         try:
             with _ScaleSite("phi", beta):
-                loss = loss_fn(tasks, subsample)
+                loss = loss_fn(_RandomSubsets(tasks) if random_subsets else tasks, subsample)
         except ValueError as error:
             # Distribution validation is where a NaN parameter usually surfaces first in Pyro.
             if "invalid values" not in str(error):
@@ -169,6 +181,49 @@ def fit_prior(
             bar.set_postfix(elbo_per_task=f"{history['elbo'][-1] / len(tasks):.4g}")
     config["seconds"] = time.perf_counter() - start
     return prior
+
+
+class _RandomSubsets:
+    """A view of a TaskSet whose every selection of tasks keeps a random subset of each task's points.
+
+    The guide and the model of one ELBO evaluation index it with the same tasks (the plate's subsample), so
+    the last selection is cached: both see the same subset (without subsampling each plate makes its own
+    ``arange``, hence the comparison by value). A fresh view is made for each step.
+    """
+
+    def __init__(self, tasks: TaskSet) -> None:
+        self.tasks = tasks
+        self._last: tuple[torch.Tensor, TaskSet] | None = None
+
+    def __len__(self) -> int:
+        return len(self.tasks)
+
+    def __getitem__(self, index: torch.Tensor) -> TaskSet:
+        last = self._last
+        if last is not None and (last[0] is index or (last[0].shape == index.shape and torch.equal(last[0], index))):
+            return last[1]
+        chosen = self.tasks[index]
+        self._last = (index, random_point_subsets(chosen))
+        return self._last[1]
+
+
+def random_point_subsets(tasks: TaskSet) -> TaskSet:
+    """Keep, in each task, a uniformly random subset of its points whose size is uniform on 1..(its count).
+
+    Dropped points are masked and zeroed (the padding convention); tasks with no points stay empty.
+    """
+    support, query = tasks.support, tasks.query
+    mask = torch.cat([support.mask, query.mask], 1)
+    keys = torch.rand(mask.shape, device=mask.device).masked_fill(~mask, 2.0)
+    ranks = keys.argsort(1).argsort(1)
+    counts = mask.sum(1)
+    sizes = (torch.rand(counts.shape, device=mask.device) * counts).long() + 1
+    keep = (ranks < sizes[:, None]) & mask
+    sides = []
+    for side, side_keep in zip((support, query), keep.split([support.num_points, query.num_points], 1)):
+        y_keep = side_keep[..., None] if side.y.dim() == 3 else side_keep
+        sides.append(TaskData(side.x * side_keep[..., None], side.y * y_keep.to(side.y.dtype), side_keep))
+    return TaskSet._trusted(sides[0], sides[1], tasks.names, tasks.params)
 
 
 class _ScaleSite(Messenger):
