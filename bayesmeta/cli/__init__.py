@@ -1,9 +1,8 @@
 r"""The ``bayesmeta`` command.
 
-``bayesmeta demo`` walks through the whole library on hierarchical linear regression, the one family
-where the right answer is known in closed form: it samples tasks from a known
-:math:`\theta`, learns :math:`\theta` back with :func:`bayesmeta.fit_prior`, adapts held-out tasks
-with every inference method and scores each against the data and against the exact posterior.
+``bayesmeta demo`` meta-trains a :class:`~bayesmeta.models.NeuralProcessModel` on sinusoid tasks, adapts
+held-out tasks from 1, 2, 5 and 10 points and scores them against the Bayes-optimal predictor — the
+floor no method can beat — then writes the prior, ``metrics.json`` and pictures to a run folder.
 
 ``bayesmeta fit`` and ``bayesmeta adapt`` do the same on the user's own long-format CSV tables (one row
 per point, a column naming its task): ``fit`` learns a prior with :func:`bayesmeta.fit_prior` and
@@ -20,15 +19,17 @@ from typing import Any, Sequence
 
 from bayesmeta.cli._common import PROG, column_names, device_arg, positive_float, positive_int, seed_arg
 from bayesmeta.cli.data import MODELS, run_adapt, run_fit
-from bayesmeta.cli.demo import HELD_OUT_TASKS, METHODS, NUTS_TASKS, SHOTS, DemoSettings, run_demo
+from bayesmeta.cli.demo import FILES as DEMO_FILES, SHOTS, DemoSettings, run_demo
 from bayesmeta.cli.tables import PREDICTION_COLUMNS
 
-__all__ = ["main", "build_parser", "MODELS", "DemoSettings", "METHODS", "SHOTS", "PREDICTION_COLUMNS"]
+__all__ = ["main", "build_parser", "MODELS", "DemoSettings", "DEMO_FILES", "SHOTS", "PREDICTION_COLUMNS"]
 
 TOP_EXAMPLES = """\
 examples:
+  bayesmeta demo
+      a neural process meta-learns sinusoids and meets the Bayes limit (about 3 minutes on a CPU)
   bayesmeta demo --quick
-      the whole library on synthetic tasks, in seconds
+      the same in seconds, as a smoke run
   bayesmeta fit firms.csv --task-col firm --x value,capital --y invest --out firms.prior
       learn a prior from a table of many tasks (one row per point, a column naming its task)
   bayesmeta adapt firms.prior new_firm.csv --predict grid.csv --out predictions.csv
@@ -101,28 +102,29 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_demo(commands: Any) -> None:
     demo = commands.add_parser(
         "demo",
-        help="fit a prior on synthetic linear-regression tasks and compare every inference method",
+        help="meta-learn sinusoids with a neural process and compare it with the Bayes-optimal predictor",
         description=(
-            "Walk-through on hierarchical linear regression (x_dim=3), where the exact answer is known. "
-            "Samples training tasks from a known prior θ, learns θ back with fit_prior (amortized guide), "
-            f"prints learned vs true θ, then adapts {HELD_OUT_TASKS} held-out tasks at {', '.join(map(str, SHOTS))} "
-            "shots with every method (amortized, svi, exact; nuts on the first "
-            f"{NUTS_TASKS} tasks only, it is slow) and prints query MSE, NLL, 90% interval coverage and "
-            "KL to the exact posterior, each ± its standard error over tasks. Writes the prior, "
-            "metrics.csv, metrics.json and demo.png to --out."
+            "Samples sinusoid tasks y = A sin(x - p) (amplitude U[0.1, 5], phase U[0, pi]: the MAML regression "
+            "family) and meta-trains a NeuralProcessModel on them with fit_prior (pooled encoder, progress bar). "
+            "Then adapts held-out tasks from " + ", ".join(map(str, SHOTS)) + " points in one pass of the "
+            "encoder and prints query MSE, NLL and 90% interval coverage, each ± its standard error over "
+            "tasks, next to the Bayes-optimal predictor (the exact posterior over amplitude and phase: the "
+            "floor no method can beat). Writes to --out: " + ", ".join(DEMO_FILES) + " (the saved prior, the "
+            "metrics, six held-out tasks adapted from 1, 2 and 5 points with their 90% bands, and the ELBO "
+            "curve). About 3 minutes on a 2-core CPU; seconds with --quick."
         ),
         epilog="example: bayesmeta demo --quick --out runs/smoke",
     )
     demo.add_argument("--steps", type=positive_int, default=None,
-                      help="fit_prior optimizer steps (default: 3000; 200 with --quick)")
+                      help="fit_prior optimizer steps (default: 10000; 150 with --quick)")
     demo.add_argument("--tasks", type=positive_int, default=None,
-                      help="number of training tasks (default: 2000; 200 with --quick)")
+                      help="number of training tasks (default: 20000; 500 with --quick)")
     demo.add_argument("--seed", type=seed_arg, default=0,
-                      help="seeds the task family, the data and every method (default: 0)")
+                      help="seeds the tasks, the fit and the predictions (default: 0)")
     _add_device_and_threads(demo)
     demo.add_argument("--out", default=None, help="output folder (default: runs/demo-<timestamp>)")
     demo.add_argument("--quick", action="store_true",
-                      help="smoke run in seconds: few steps and tasks, short SVI, NUTS with few samples")
+                      help="smoke run in seconds: a small network, few steps, tasks and held-out tasks")
     demo.set_defaults(run=run_demo)
 
 
