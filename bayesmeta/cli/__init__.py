@@ -162,7 +162,8 @@ def _add_fit(commands: Any) -> None:
                      + " (default: linear)")
     fit.add_argument("--guide", choices=list(GUIDES), default=None,
                      help="amortized: a network that reads a task's points (adapts new tasks in one pass); "
-                     "pooled: the neural-process encoder (for np and bnn); per_task: one Gaussian per training "
+                     "pooled: the neural-process encoder (for np and bnn); gradient: a few learned gradient steps "
+                     "from the prior (ABML; for bnn); per_task: one Gaussian per training "
                      "task; exact: closed form, linear only (default: the model's: pooled for np and bnn, "
                      "amortized otherwise)")
     fit.add_argument("--steps", type=positive_int, default=2000, help="optimizer steps (default: 2000)")

@@ -63,7 +63,8 @@ def fit_prior(
         model: a :class:`~bayesmeta.HierarchicalModel`; trained in place.
         tasks: the meta-training collection; a collection without query points uses every point.
         guide: ``"amortized"`` (reads the support, generalizes to new tasks), ``"pooled"`` (the neural-process
-            encoder: more flexible for non-linear models), ``"per_task"`` (a free
+            encoder: more flexible for non-linear models), ``"gradient"`` (ABML: a few learned gradient
+            steps on each task's ELBO from the prior, for models such as a BNN), ``"per_task"`` (a free
             Gaussian per training task) or ``"exact"`` (models with ``exact_posterior``: type-II maximum
             likelihood), or a ready :class:`~bayesmeta.guides.TaskGuide`.
         steps: optimizer steps.
