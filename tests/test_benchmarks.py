@@ -11,7 +11,12 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("script, title", [("foundation.py", "# Benchmarks"), ("sinusoid.py", "# Sinusoid regression benchmark")])
+@pytest.mark.parametrize("script, title", [
+    ("foundation.py", "# Benchmarks"),
+    ("sinusoid.py", "# Sinusoid regression benchmark"),
+    ("gp_functions.py", "# GP function regression benchmark"),
+    ("performance.py", "# Performance of the neural models"),
+])
 def test_quick_run_prints_its_page(script, title):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--quick"], cwd=ROOT, env=env,

@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 from bayesmeta.tasks.families import GPFunctions, LinearGaussian, Sinusoid
-from bayesmeta.tasks.oracle import sinusoid_bayes_predict, sinusoid_grid_noise
+from bayesmeta.tasks.oracle import gp_posterior_predict, sinusoid_bayes_predict, sinusoid_grid_noise
 from bayesmeta.tasks.taskset import TaskData, TaskSet
 
-__all__ = ["TaskData", "TaskSet", "Sinusoid", "LinearGaussian", "GPFunctions", "sinusoid_bayes_predict", "sinusoid_grid_noise"]
+__all__ = [
+    "TaskData", "TaskSet", "Sinusoid", "LinearGaussian", "GPFunctions",
+    "sinusoid_bayes_predict", "sinusoid_grid_noise", "gp_posterior_predict",
+]

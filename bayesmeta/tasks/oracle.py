@@ -2,8 +2,8 @@ r"""Bayes-optimal predictors under the true task distribution: the floor no meta
 
 A meta-learner tested on tasks from a synthetic family can at best recover the family's own prior;
 the posterior predictive under that prior is therefore the lowest expected squared error any method
-can reach on those tasks. These oracles compute it by brute force, so that every benchmark can show
-it as its first row.
+can reach on those tasks. These oracles compute it (by brute force on a grid for sinusoids, in closed
+form for a Gaussian process with a known kernel), so that every benchmark can show it as its first row.
 """
 from __future__ import annotations
 
@@ -13,13 +13,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from bayesmeta.tasks.families import Sinusoid
+from bayesmeta.tasks.families import GPFunctions, Sinusoid
 from bayesmeta.tasks.taskset import TaskData
 
 if TYPE_CHECKING:  # imported lazily below: bayesmeta.inference imports the model code, which imports tasks
     from bayesmeta.inference.posterior import Prediction
 
-__all__ = ["sinusoid_bayes_predict", "sinusoid_grid_noise"]
+__all__ = ["sinusoid_bayes_predict", "sinusoid_grid_noise", "gp_posterior_predict"]
 
 
 def sinusoid_bayes_predict(
@@ -202,3 +202,111 @@ def _check_args(
     if isinstance(chunk_tasks, bool) or not isinstance(chunk_tasks, int) or chunk_tasks < 1:
         raise ValueError(f"chunk_tasks: expected a positive int, got {chunk_tasks!r}")
     return grid, chunk_tasks
+
+
+def gp_posterior_predict(
+    family: GPFunctions,
+    context: TaskData,
+    target_x: Tensor,
+    lengthscale: Tensor,
+    signal_scale: Tensor,
+) -> Prediction:
+    r"""The exact Gaussian-process posterior predictive of a :class:`GPFunctions` task with a known kernel.
+
+    Given task :math:`i`'s kernel :math:`K_i` (RBF, lengthscale :math:`\ell_i`, signal scale :math:`s_i`;
+    :meth:`GPFunctions.covariance`) and its observed context points :math:`(X, y)`, the predictive at a
+    target input :math:`x_*` is (Rasmussen & Williams, *Gaussian Processes for Machine Learning*, 2006,
+    eq. 2.22-2.24):
+
+    .. math::
+
+        \mu(x_*) = k_*^\top (K + \sigma_n^2 I)^{-1} y, \qquad
+        \sigma^2(x_*) = s_i^2 - k_*^\top (K + \sigma_n^2 I)^{-1} k_* + \sigma_n^2,
+
+    with :math:`k_* = K_i(X, x_*)` and :math:`\sigma_n^2` = ``family.noise_std**2 + family.jitter``, the
+    variance the family's sampler adds to every point (so the predictive is that of the sampler exactly).
+    The std includes the observation noise: it is the predictive of a noisy target :math:`y_*`, and the
+    targets of a task are predicted one point at a time (marginals, not the joint). With no context point
+    it is the prior, :math:`\mathcal N(0, s_i^2 + \sigma_n^2)`. Under the family's own distribution over
+    tasks and data, the standardized residuals :math:`(y_* - \mu)/\sigma` are exactly :math:`\mathcal N(0, 1)`,
+    and no predictor has a higher expected log density at the targets: it is the floor of a benchmark.
+
+    Padded context points (``mask`` False) are replaced, whatever they hold, by independent unit-variance
+    points with :math:`y = 0` and no covariance with anything: they drop out of the solve, so a task's
+    answer does not depend on the padding. Work is float64 (one batched Cholesky over all the tasks).
+
+    Args:
+        family: the :class:`GPFunctions` family the tasks were drawn from (its observation noise).
+        context: ``num_tasks x num_context x 1`` observed points; ``num_context`` may be 0.
+        target_x: ``num_tasks x num_target x 1`` inputs to predict at.
+        lengthscale: ``num_tasks`` true RBF lengthscales (``tasks.params["lengthscale"]``), > 0.
+        signal_scale: ``num_tasks`` true signal standard deviations (``tasks.params["signal_scale"]``).
+
+    Returns:
+        A :class:`~bayesmeta.Prediction` with ``mean`` and ``std`` of shape ``num_tasks x num_target x 1``,
+        in ``target_x``'s dtype and on its device (``samples`` is ``None``).
+
+    >>> family = GPFunctions()
+    >>> tasks = family.sample(num_tasks=3, support=10, query=20, seed=0)
+    >>> p = tasks.params
+    >>> pred = gp_posterior_predict(family, tasks.support, tasks.query.x, p["lengthscale"], p["signal_scale"])
+    >>> tuple(pred.mean.shape), pred.std.dtype, bool((pred.std >= family.noise_std).all())
+    ((3, 20, 1), torch.float32, True)
+    """
+    from bayesmeta.inference.posterior import Prediction
+
+    _check_gp_args(family, context, target_x, lengthscale, signal_scale)
+    f64, device = torch.float64, target_x.device
+    params = {
+        "lengthscale": lengthscale.to(device=device, dtype=f64),
+        "signal_scale": signal_scale.to(device=device, dtype=f64),
+    }
+    m = context.mask.to(device)
+    zero = torch.zeros((), dtype=f64, device=device)
+    x = torch.where(m[..., None], context.x.to(device=device, dtype=f64), zero)  # masked junk (even NaN) drops out
+    y = torch.where(m[..., None], context.y.to(device=device, dtype=f64), zero)
+    xs = target_x.to(f64)
+    noise_var = family.noise_std**2 + family.jitter
+    observed = m[..., :, None] & m[..., None, :]
+    eye = torch.eye(context.num_points, dtype=f64, device=device)
+    # Observed block: K + noise; padded rows and columns: the identity, with y = 0 and k_* = 0 there.
+    gram = torch.where(observed, family.covariance(x, x, params) + noise_var * eye, eye.expand_as(observed))
+    cross = family.covariance(x, xs, params) * m[..., None]  # T x n x M
+    chol = torch.linalg.cholesky(gram)
+    alpha = torch.cholesky_solve(y, chol)  # T x n x 1
+    v = torch.linalg.solve_triangular(chol, cross, upper=False)  # T x n x M
+    mean = cross.transpose(-1, -2) @ alpha
+    prior_var = params["signal_scale"][:, None, None] ** 2
+    var = (prior_var - v.pow(2).sum(-2)[..., None]).clamp_min(0.0) + noise_var  # clamp: rounding
+    return Prediction(mean.to(target_x.dtype), var.sqrt().to(target_x.dtype))
+
+
+def _check_gp_args(family: Any, context: Any, target_x: Any, lengthscale: Any, signal_scale: Any) -> None:
+    if not isinstance(family, GPFunctions):
+        raise TypeError(f"family: expected a bayesmeta.tasks.GPFunctions, got {type(family).__name__}")
+    if not isinstance(context, TaskData):
+        raise TypeError(f"context: expected a TaskData (e.g. tasks.support.head(k)), got {type(context).__name__}")
+    if context.is_classification or context.x_dim != 1 or context.y_dim != 1:
+        raise ValueError(
+            f"context: expected x and y of shape num_tasks x num_points x 1, got x {tuple(context.x.shape)} "
+            f"and y {tuple(context.y.shape)}"
+        )
+    num_tasks = context.num_tasks
+    if not isinstance(target_x, Tensor) or not target_x.is_floating_point():
+        got = target_x.dtype if isinstance(target_x, Tensor) else type(target_x).__name__
+        raise TypeError(f"target_x: expected a floating-point tensor, got {got}")
+    if target_x.dim() != 3 or target_x.shape[0] != num_tasks or target_x.shape[2] != 1:
+        raise ValueError(
+            f"target_x: expected shape {num_tasks} x num_target x 1 (one row per context task), "
+            f"got {tuple(target_x.shape)}"
+        )
+    for name, value in (("lengthscale", lengthscale), ("signal_scale", signal_scale)):
+        if not isinstance(value, Tensor) or tuple(value.shape) != (num_tasks,):
+            got = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+            raise ValueError(
+                f"{name}: expected a tensor of shape ({num_tasks},), one per task (tasks.params[{name!r}]), got {got}"
+            )
+        if not torch.isfinite(value).all():
+            raise ValueError(f"{name}: expected finite values")
+    if not (lengthscale > 0).all():
+        raise ValueError("lengthscale: expected every entry > 0")
