@@ -114,7 +114,7 @@ def step_section(train: bm.TaskSet, s: Settings) -> str:
         one, many = statistics.median(times[(i, 1)]), statistics.median(times[(i, 64)])
         ratio = many / one
         extra = ", random_subsets" if options.get("random_subsets") else ""
-        rows.append([label, guide + extra, f"{one:.1f}", f"{many:.1f}", f"{ratio:.2f}",
+        rows.append([label, guide + extra, f"{one:.1f}", f"{many:.1f}", f"{ratio:.3f}", f"{64 / ratio:.0f}×",
                      "**MET**" if ratio <= TARGET_RATIO else "**NOT MET**"])
     return "\n".join([
         f"`fit_prior(model, train, guide=..., steps={s.timed_steps}, batch_tasks=B, lr=1e-3)` on {s.train_tasks} "
@@ -122,8 +122,14 @@ def step_section(train: bm.TaskSet, s: Settings) -> str:
         f"then timed ({s.timed_steps} steps, the optimizer loop only: `prior.config[\"seconds\"]`), {s.repeats} "
         f"times, interleaved; medians. Target: 64 tasks ≤ {TARGET_RATIO:g}× one task.",
         "",
-        table(["model", "guide", "ms/step, 1 task", "ms/step, 64 tasks", "ratio", "target"], rows,
-              [False, False, True, True, True, False]),
+        table(["model", "guide", "ms/step, 1 task", "ms/step, 64 tasks", "ratio", "cost per task, 1 vs 64",
+               "target"], rows, [False, False, True, True, True, True, False]),
+        "",
+        "A ratio near 1 means a step is all fixed overhead (Python, Pyro's tracing, the optimizer over θ); where it "
+        "is larger, the 64 tasks' arithmetic itself shows: the neural process's decoder runs 3 layers of 128 units "
+        "on 64 × 20 points forward and backward, and the gradient guide differentiates through 5 inner steps over "
+        "64 × 1761 weights. Either way the tasks are one batched program: a Python loop over tasks would cost 64× "
+        "one task.",
     ])
 
 

@@ -92,8 +92,11 @@ def fit_prior(
             20 — as neural processes are trained on random context sizes (Garnelo et al. 2018). The objective
             becomes the expected ELBO of a random subset, a bound on a composite marginal likelihood
             :math:`\mathbb E_S \log p_\theta(D_S)`, which for a well-specified model is maximized by the
-            true :math:`\theta` as the full marginal likelihood is. (Measured on sinusoids in
-            ``docs/sinusoid.md``.)
+            true :math:`\theta` as the full marginal likelihood is. For a
+            :class:`~bayesmeta.models.NeuralProcessModel` on sinusoids (12000 steps, pooled guide) it
+            took the 5-shot query MSE from 0.069 to 0.042 and the 1-shot from 1.87 to 1.62. It does not help
+            every model: a 1-40-40-1 ``HierarchicalBNN`` (pooled guide, 18000 steps) did worse with it,
+            5-shot 0.42 against 0.35, its learned noise scale 0.60 against 0.22.
 
     Returns:
         A :class:`~bayesmeta.LearnedPrior` with ``.model`` (learned θ), ``.guide``, ``.config``, ``.history``
