@@ -36,6 +36,8 @@ class NeuralProcessModel(bm.HierarchicalModel):
         latent_dim: size of :math:`z_i`.
         hidden, depth: width and number of hidden layers of the decoder (SiLU).
         noise_floor: lower bound of :math:`\sigma`.
+        init_seed: seeds the decoder's initial weights (PyTorch's default initialization), so that the
+            same arguments build the same model whatever the state of torch's global generator.
 
     >>> model = NeuralProcessModel(latent_dim=4, hidden=16)
     >>> model.likelihood(torch.zeros(5, 3, 4), torch.zeros(3, 7, 1)).batch_shape
@@ -50,16 +52,19 @@ class NeuralProcessModel(bm.HierarchicalModel):
         hidden: int = 128,
         depth: int = 3,
         noise_floor: float = 0.01,
+        init_seed: int = 0,
     ) -> None:
         super().__init__(x_dim=x_dim, y_dim=y_dim)
         self.latent_dim = int(latent_dim)
         self.phi_names = [f"z{i}" for i in range(self.latent_dim)]
         sizes = [x_dim + self.latent_dim] + [int(hidden)] * int(depth) + [y_dim]
         layers: list[nn.Module] = []
-        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
-            layers.append(nn.Linear(a, b))
-            if i < len(sizes) - 2:
-                layers.append(nn.SiLU())
+        with torch.random.fork_rng(devices=[]):  # the same model from the same arguments, whatever the global RNG
+            torch.manual_seed(init_seed)
+            for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+                layers.append(nn.Linear(a, b))
+                if i < len(sizes) - 2:
+                    layers.append(nn.SiLU())
         self.decoder = nn.Sequential(*layers)
         self.prior_loc = PyroParam(torch.zeros(self.latent_dim))
         self.prior_scale = PyroParam(torch.ones(self.latent_dim), constraint=constraints.positive)

@@ -49,6 +49,15 @@ def test_metrics_json_has_the_floor_and_the_model_at_every_shot(quick_run):
     assert len(document["fit"]["kl_per_dim"]) == 8 and document["fit"]["noise_scale"] > 0
 
 
+def test_same_seed_same_numbers(quick_run, tmp_path):
+    _, out, _ = quick_run
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main(["demo", "--quick", "--out", str(tmp_path / "again"), "--seed", "3"]) == 0
+    first, again = (json.loads((d / "metrics.json").read_text()) for d in (out, tmp_path / "again"))
+    assert [r["mse"] for r in first["rows"]] == [r["mse"] for r in again["rows"]]
+    assert first["fit"] == {**again["fit"], "seconds": first["fit"]["seconds"]}
+
+
 def test_saved_prior_loads_and_adapts(quick_run):
     _, out, _ = quick_run
     prior = bm.LearnedPrior.load(out / "np.prior")

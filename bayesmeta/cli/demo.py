@@ -87,7 +87,7 @@ def _demo(settings: DemoSettings) -> int:
 
     print(f"\n[1/3] fit_prior: NeuralProcessModel on {settings.tasks} sinusoid tasks of 20 points, "
           f"{settings.steps} steps")
-    model = NeuralProcessModel(hidden=settings.hidden)
+    model = NeuralProcessModel(hidden=settings.hidden, init_seed=settings.seed)
     # The pooled (neural-process) encoder; random subsets teach it sets of 1 to 20 points; KL warm-up keeps
     # the decoder from ignoring the latent early on.
     prior = bm.fit_prior(model, train, guide="pooled", guide_options={"hidden": settings.hidden},

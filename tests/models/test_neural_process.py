@@ -17,6 +17,21 @@ def test_program_shapes():
     assert trace.nodes["y"]["fn"].batch_shape == (5, 7)
 
 
+def test_same_arguments_same_model_whatever_the_global_generator():
+    torch.manual_seed(1)
+    first = NeuralProcessModel(latent_dim=2, hidden=8)
+    draw = torch.rand(1)
+    torch.manual_seed(2)
+    second = NeuralProcessModel(latent_dim=2, hidden=8)
+    for a, b in zip(first.state_dict().values(), second.state_dict().values()):
+        assert torch.equal(a, b)
+    other = NeuralProcessModel(latent_dim=2, hidden=8, init_seed=1)
+    assert not torch.equal(other.decoder[0].weight, first.decoder[0].weight)
+    torch.manual_seed(1)
+    NeuralProcessModel(latent_dim=2, hidden=8)
+    assert torch.equal(torch.rand(1), draw)  # building a model leaves the global generator alone
+
+
 def test_likelihood_broadcasts_particles_and_tasks():
     model = NeuralProcessModel(latent_dim=2, hidden=8)
     phi, x = torch.randn(6, 3, 2), torch.randn(3, 4, 1)
