@@ -1,6 +1,8 @@
 """What every benchmark page shares: progress lines, the machine it ran on, Markdown tables, an atomic write."""
 from __future__ import annotations
 
+import argparse
+import datetime
 import os
 import platform
 import shlex
@@ -77,6 +79,48 @@ def machine_section(threads_note: str, own_load: int, busy_note: str = "") -> st
         + (f" — **above the {cores} cores: other processes competed for the CPU, so timings are inflated and "
            f"noisy{busy_note}**" if busy else f" (this benchmark alone loads about {own_load})"),
     ])
+
+
+ROOT = Path(__file__).resolve().parents[1]
+ONE_THREAD = "set to 1 by the script"
+
+
+def page_args(doc: str, page: str, argv: Sequence[str] | None) -> tuple[bool, str]:
+    """Every benchmark's command line: ``--quick`` and ``--out``; returns ``(quick, out)``, ``out`` a path or
+    ``"-"`` (stdout, the default with ``--quick``; otherwise ``docs/<page>``)."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small smoke run (< 1 min); numbers not meaningful")
+    parser.add_argument("--out", default=None,
+                        help=f"Markdown file to write ('-' for stdout); default docs/{page}, or stdout with --quick")
+    args = parser.parse_args(argv)
+    out = args.out if args.out is not None else ("-" if args.quick else str(ROOT / "docs" / page))
+    return args.quick, out
+
+
+def utc_now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def page_header(title: str, script: str, quick: bool, date: str, wall: float, machine: str) -> list[str]:
+    """The lines every page opens with: title, script, date and duration, the command, the machine."""
+    return [
+        f"# {title}",
+        "",
+        f"Written by `benchmarks/{script}`"
+        + (" — **quick smoke run: tiny settings, the numbers mean nothing**" if quick else "")
+        + f". Measured on {date} in {wall / 60:.1f} min with:",
+        "",
+        "```",
+        command_line(),
+        "```",
+        "",
+        machine,
+    ]
+
+
+def one_thread_machine() -> str:
+    """``machine_section`` for the scripts that set torch to one thread and load about one core."""
+    return machine_section(f"{ONE_THREAD}; OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}", 1)
 
 
 def write_page(path: str | os.PathLike, text: str) -> None:

@@ -21,23 +21,19 @@ Usage::
 """
 from __future__ import annotations
 
-import argparse
-import datetime
 import statistics
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Sequence
 
 import pyro
 import torch
 
 import bayesmeta as bm
-from _report import command_line, fmt, log, machine_section, publish, table  # noqa: E402
+from _report import fmt, log, machine_section, page_args, page_header, publish, table, utc_now  # noqa: E402
 from bayesmeta.models import HierarchicalLinearRegression
 
-ROOT = Path(__file__).resolve().parents[1]
 X_DIM = 3
 BATCH_SIZES = (1, 8, 64, 256)
 TARGET_RATIO = 3.0  # the step at batch_tasks=64 may cost at most this many steps at batch_tasks=1
@@ -291,16 +287,11 @@ def gap_section(family: bm.tasks.LinearGaussian, train: bm.TaskSet, test: bm.Tas
 
 # ---------------------------------------------------------------------- main
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="small smoke run (< 1 min); numbers not meaningful")
-    parser.add_argument("--out", default=None,
-                        help="Markdown file to write ('-' for stdout); default docs/benchmarks.md, or stdout with --quick")
-    args = parser.parse_args(argv)
-    s = Settings.quick() if args.quick else Settings.full()
-    out = args.out if args.out is not None else ("-" if args.quick else str(ROOT / "docs" / "benchmarks.md"))
+    quick, out = page_args(__doc__, "benchmarks.md", argv)
+    s = Settings.quick() if quick else Settings.full()
 
     started = time.perf_counter()
-    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    date = utc_now()
     family = bm.tasks.LinearGaussian(x_dim=X_DIM, seed=0)
     train = family.sample(num_tasks=s.train_tasks, support=10, query=10, seed=0)
     test = family.sample(num_tasks=s.gap_tasks, support=max(SHOTS), query=50, seed=1)
@@ -323,17 +314,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     wall = time.perf_counter() - started
     page = "\n".join([
-        "# Benchmarks",
-        "",
-        "Written by `benchmarks/foundation.py`"
-        + (" — **quick smoke run: tiny settings, the numbers mean nothing**" if args.quick else "")
-        + f". Measured on {date} in {wall / 60:.1f} min with:",
-        "",
-        "```",
-        command_line(),
-        "```",
-        "",
-        machine_section("intra-op, as the machine sets it", 2, " (see the ranges)"),
+        *page_header("Benchmarks", "foundation.py", quick, date, wall, machine_section("intra-op, as the machine sets it", 2, " (see the ranges)")),
         "",
         "Timings are only comparable within one run on one machine.",
         "",

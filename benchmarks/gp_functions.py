@@ -29,19 +29,16 @@ import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import argparse
-import datetime
 import math
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
 import bayesmeta as bm
-from _report import command_line, fmt, log, machine_section, publish, table  # noqa: E402
+from _report import fmt, log, one_thread_machine, page_args, page_header, publish, table, utc_now  # noqa: E402
 from bayesmeta.evaluation.metrics import gaussian_nll, interval_coverage, mse, summarize
 from bayesmeta.inference.posterior import Prediction
 from bayesmeta.models import NeuralProcessModel
@@ -49,7 +46,6 @@ from bayesmeta.tasks.oracle import gp_posterior_predict
 
 torch.set_num_threads(1)
 
-ROOT = Path(__file__).resolve().parents[1]
 CONTEXT = (5, 10, 20)
 Z90 = 1.645  # the 90% central interval of a Gaussian: mean ± 1.645 std
 
@@ -348,7 +344,7 @@ def discussion(rows: list[Row], prior: bm.LearnedPrior, met: bool, s: Settings, 
         "* **The model cannot represent the Bayes-optimal predictive.** That predictive interpolates the context "
         "points, its variance shrinking to the noise (σ = 0.02) at each of them and growing back between them at a "
         "rate set by the kernel. The neural process squeezes every function into a "
-        f"{s_latent(prior)}-dimensional Gaussian latent read by one global decoder, with one homoscedastic noise "
+        f"{prior.model.latent_dim}-dimensional Gaussian latent read by one global decoder, with one homoscedastic noise "
         "scale: its predictive is a mixture over latent draws, and a context point pins the function down only as "
         f"far as the latent encodes it. The learned noise scale is {fmt(noise)} (the true σ is 0.02), and "
         f"{active} of the {len(kl)} latent coordinates carry more than 0.1 nats of KL (total "
@@ -418,21 +414,12 @@ def bayes_verdict(gap: float, se: float) -> str:
             "only just meets or misses it, and any real learner must be essentially Bayes-optimal to meet it.")
 
 
-def s_latent(prior: bm.LearnedPrior) -> int:
-    return int(prior.model.latent_dim)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="small smoke run (< 1 min); numbers not meaningful")
-    parser.add_argument("--out", default=None,
-                        help="Markdown file to write ('-' for stdout); default docs/gp_functions.md, or stdout with --quick")
-    args = parser.parse_args(argv)
-    s = Settings.quick() if args.quick else Settings.full()
-    out = args.out if args.out is not None else ("-" if args.quick else str(ROOT / "docs" / "gp_functions.md"))
+    quick, out = page_args(__doc__, "gp_functions.md", argv)
+    s = Settings.quick() if quick else Settings.full()
 
     started = time.perf_counter()
-    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    date = utc_now()
     family = bm.tasks.GPFunctions()
     test = family.sample(num_tasks=s.test_tasks, support=max(CONTEXT), query=s.query, seed=1)
     train = family.sample(num_tasks=s.train_tasks, support=s.train_support, query=s.train_query, seed=0)
@@ -508,17 +495,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "(it is slow); the floor's paired difference uses the same tasks.",
     ])
     page = "\n".join([
-        "# GP function regression benchmark",
-        "",
-        "Written by `benchmarks/gp_functions.py`"
-        + (" — **quick smoke run: tiny settings, the numbers mean nothing**" if args.quick else "")
-        + f". Measured on {date} in {wall / 60:.1f} min with:",
-        "",
-        "```",
-        command_line(),
-        "```",
-        "",
-        machine_section(f"set to 1 by the script; OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}", 1),
+        *page_header("GP function regression benchmark", "gp_functions.py", quick, date, wall, one_thread_machine()),
         "",
         "Timings are only comparable within one run on one machine. Rows that score a subset of the test tasks "
         "have larger standard errors.",

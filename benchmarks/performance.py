@@ -23,26 +23,22 @@ import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import argparse
-import datetime
 import statistics
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
 
 import bayesmeta as bm
-from _report import command_line, fmt, log, machine_section, publish, table  # noqa: E402
+from _report import fmt, log, one_thread_machine, page_args, page_header, publish, table, utc_now  # noqa: E402
 from bayesmeta.evaluation import mse, summarize
 from bayesmeta.guides import GUIDES
 from bayesmeta.models import HierarchicalBNN, NeuralProcessModel, SinusoidModel
 
 torch.set_num_threads(1)
 
-ROOT = Path(__file__).resolve().parents[1]
 TARGET_RATIO = 3.0
 TARGET_ADAPT_S = 0.1
 SHOTS = 5
@@ -221,16 +217,11 @@ def speedup_section(family: bm.tasks.Sinusoid, test: bm.TaskSet, s: Settings) ->
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="small smoke run (< 1 min); numbers not meaningful")
-    parser.add_argument("--out", default=None,
-                        help="Markdown file to write ('-' for stdout); default docs/performance.md, or stdout with --quick")
-    args = parser.parse_args(argv)
-    s = Settings.quick() if args.quick else Settings.full()
-    out = args.out if args.out is not None else ("-" if args.quick else str(ROOT / "docs" / "performance.md"))
+    quick, out = page_args(__doc__, "performance.md", argv)
+    s = Settings.quick() if quick else Settings.full()
 
     started = time.perf_counter()
-    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    date = utc_now()
     family = bm.tasks.Sinusoid()
     train = family.sample(num_tasks=s.train_tasks, support=10, query=10, seed=0)
     test = family.sample(num_tasks=s.adapt_tasks, support=10, query=100, seed=1)
@@ -244,17 +235,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     wall = time.perf_counter() - started
     page = "\n".join([
-        "# Performance of the neural models",
-        "",
-        "Written by `benchmarks/performance.py`"
-        + (" — **quick smoke run: tiny settings, the numbers mean nothing**" if args.quick else "")
-        + f". Measured on {date} in {wall / 60:.1f} min with:",
-        "",
-        "```",
-        command_line(),
-        "```",
-        "",
-        machine_section(f"set to 1 by the script; OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}", 1),
+        *page_header("Performance of the neural models", "performance.py", quick, date, wall, one_thread_machine()),
         "",
         "Timings are only comparable within one run on one machine.",
         "",

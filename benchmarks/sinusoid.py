@@ -28,19 +28,16 @@ import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import argparse
-import datetime
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import pyro
 import torch
 
 import bayesmeta as bm
-from _report import command_line, fmt, log, machine_section, publish, table  # noqa: E402
+from _report import fmt, log, one_thread_machine, page_args, page_header, publish, table, utc_now  # noqa: E402
 from bayesmeta.evaluation.metrics import gaussian_nll, interval_coverage, mse, summarize
 from bayesmeta.inference.posterior import Prediction
 from bayesmeta.models import HierarchicalBNN, NeuralProcessModel, SinusoidModel
@@ -48,7 +45,6 @@ from bayesmeta.tasks.oracle import sinusoid_bayes_predict, sinusoid_grid_noise
 
 torch.set_num_threads(1)
 
-ROOT = Path(__file__).resolve().parents[1]
 SHOTS = (1, 2, 5, 10)
 Z90 = 1.645  # the 90% central interval of a Gaussian: mean ± 1.645 std
 NOISY_STD = 0.3
@@ -363,16 +359,11 @@ def references_section() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="small smoke run (< 1 min); numbers not meaningful")
-    parser.add_argument("--out", default=None,
-                        help="Markdown file to write ('-' for stdout); default docs/sinusoid.md, or stdout with --quick")
-    args = parser.parse_args(argv)
-    s = Settings.quick() if args.quick else Settings.full()
-    out = args.out if args.out is not None else ("-" if args.quick else str(ROOT / "docs" / "sinusoid.md"))
+    quick, out = page_args(__doc__, "sinusoid.md", argv)
+    s = Settings.quick() if quick else Settings.full()
 
     started = time.perf_counter()
-    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    date = utc_now()
     family = bm.tasks.Sinusoid()
     noisy = bm.tasks.Sinusoid(noise_std=NOISY_STD)
     test = family.sample(num_tasks=s.test_tasks, support=max(SHOTS), query=s.query, seed=1)
@@ -434,17 +425,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{extra['bnn_gradient'].model.noise_scale.item():.3g} (gradient); {s.bnn_samples} draws per prediction.",
     ])
     page = "\n".join([
-        "# Sinusoid regression benchmark",
-        "",
-        "Written by `benchmarks/sinusoid.py`"
-        + (" — **quick smoke run: tiny settings, the numbers mean nothing**" if args.quick else "")
-        + f". Measured on {date} in {wall / 60:.1f} min with:",
-        "",
-        "```",
-        command_line(),
-        "```",
-        "",
-        machine_section(f"set to 1 by the script; OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}", 1),
+        *page_header("Sinusoid regression benchmark", "sinusoid.py", quick, date, wall, one_thread_machine()),
         "",
         "Timings are only comparable within one run on one machine. Rows that score a subset of the test tasks "
         "have larger standard errors and are not directly comparable with the full-set rows at the third digit.",
