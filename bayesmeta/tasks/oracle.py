@@ -170,26 +170,30 @@ def _predictive(moments: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
     return mean, (second - mean**2).clamp_min(0.0)  # clamp: rounding when the posterior is a point
 
 
+def _check_points_and_inputs(data: Any, name: str, hint: str, x: Any, x_name: str, x_points: str) -> None:
+    """``data``: a TaskData of 1-D regression points; ``x``: inputs ``num_tasks x points x 1`` for its tasks."""
+    if not isinstance(data, TaskData):
+        raise TypeError(f"{name}: expected a TaskData ({hint}), got {type(data).__name__}")
+    if data.is_classification or data.x_dim != 1 or data.y_dim != 1:
+        raise ValueError(
+            f"{name}: expected x and y of shape num_tasks x num_points x 1, got x {tuple(data.x.shape)} "
+            f"and y {tuple(data.y.shape)}"
+        )
+    if not isinstance(x, Tensor) or not x.is_floating_point():
+        got = x.dtype if isinstance(x, Tensor) else type(x).__name__
+        raise TypeError(f"{x_name}: expected a floating-point tensor, got {got}")
+    if x.dim() != 3 or x.shape[0] != data.num_tasks or x.shape[2] != 1:
+        raise ValueError(
+            f"{x_name}: expected shape {data.num_tasks} x {x_points} x 1 (one row per {name} task), got {tuple(x.shape)}"
+        )
+
+
 def _check_args(
     family: Any, support: Any, query_x: Any, grid: Any, noise_std: Any, chunk_tasks: Any
 ) -> tuple[tuple[int, int], int]:
     if not isinstance(family, Sinusoid):
         raise TypeError(f"family: expected a bayesmeta.tasks.Sinusoid, got {type(family).__name__}")
-    if not isinstance(support, TaskData):
-        raise TypeError(f"support: expected a TaskData (tasks.support), got {type(support).__name__}")
-    if support.is_classification or support.x_dim != 1 or support.y_dim != 1:
-        raise ValueError(
-            f"support: expected x and y of shape num_tasks x num_points x 1, got x {tuple(support.x.shape)} "
-            f"and y {tuple(support.y.shape)}"
-        )
-    if not isinstance(query_x, Tensor) or not query_x.is_floating_point():
-        got = query_x.dtype if isinstance(query_x, Tensor) else type(query_x).__name__
-        raise TypeError(f"query_x: expected a floating-point tensor, got {got}")
-    if query_x.dim() != 3 or query_x.shape[0] != support.num_tasks or query_x.shape[2] != 1:
-        raise ValueError(
-            f"query_x: expected shape {support.num_tasks} x num_query x 1 (one row per support task), "
-            f"got {tuple(query_x.shape)}"
-        )
+    _check_points_and_inputs(support, "support", "tasks.support", query_x, "query_x", "num_query")
     raw_grid = grid
     try:
         grid = tuple(int(n) for n in grid)
@@ -284,22 +288,8 @@ def gp_posterior_predict(
 def _check_gp_args(family: Any, context: Any, target_x: Any, lengthscale: Any, signal_scale: Any) -> None:
     if not isinstance(family, GPFunctions):
         raise TypeError(f"family: expected a bayesmeta.tasks.GPFunctions, got {type(family).__name__}")
-    if not isinstance(context, TaskData):
-        raise TypeError(f"context: expected a TaskData (e.g. tasks.support.head(k)), got {type(context).__name__}")
-    if context.is_classification or context.x_dim != 1 or context.y_dim != 1:
-        raise ValueError(
-            f"context: expected x and y of shape num_tasks x num_points x 1, got x {tuple(context.x.shape)} "
-            f"and y {tuple(context.y.shape)}"
-        )
+    _check_points_and_inputs(context, "context", "e.g. tasks.support.head(k)", target_x, "target_x", "num_target")
     num_tasks = context.num_tasks
-    if not isinstance(target_x, Tensor) or not target_x.is_floating_point():
-        got = target_x.dtype if isinstance(target_x, Tensor) else type(target_x).__name__
-        raise TypeError(f"target_x: expected a floating-point tensor, got {got}")
-    if target_x.dim() != 3 or target_x.shape[0] != num_tasks or target_x.shape[2] != 1:
-        raise ValueError(
-            f"target_x: expected shape {num_tasks} x num_target x 1 (one row per context task), "
-            f"got {tuple(target_x.shape)}"
-        )
     for name, value in (("lengthscale", lengthscale), ("signal_scale", signal_scale)):
         if not isinstance(value, Tensor) or tuple(value.shape) != (num_tasks,):
             got = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
