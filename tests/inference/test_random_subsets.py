@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+from pyro.infer import Trace_ELBO
 
 import bayesmeta as bm
 from bayesmeta.guides import PooledGuide
@@ -57,30 +58,23 @@ def test_model_and_guide_read_the_same_subset():
     tasks = bm.tasks.Sinusoid().sample(num_tasks=50, support=5, query=5, seed=0)
     model = NeuralProcessModel(latent_dim=2, hidden=8)
     guide = PooledGuide(model, hidden=8)
-    view = _RandomSubsets(tasks)
     seen = []
-    original = view.__class__.__getitem__
 
     class Spy(_RandomSubsets):
         def __getitem__(self, index):
-            seen.append(original(self, index))
+            seen.append(super().__getitem__(index))
             return seen[-1]
 
     spy = Spy(tasks)
-    elbo = pyro_elbo()
+    elbo = Trace_ELBO(max_plate_nesting=2)
     for subsample in (10, None):  # minibatch: one shared index tensor; full batch: a new arange per plate
         seen.clear()
         spy._last = None
         elbo.differentiable_loss(model, guide, spy, subsample)
         assert len(seen) >= 2 and all(s is seen[0] for s in seen)
+    view = _RandomSubsets(tasks)
     assert view[torch.arange(3)] is view[torch.arange(3)]
     assert view[torch.arange(3)] is not view[torch.arange(1, 4)]
-
-
-def pyro_elbo():
-    from pyro.infer import Trace_ELBO
-
-    return Trace_ELBO(max_plate_nesting=2)
 
 
 def test_same_seed_same_fit_and_bad_value():
