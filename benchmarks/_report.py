@@ -8,8 +8,9 @@ import platform
 import shlex
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import pyro
 import torch
@@ -44,6 +45,27 @@ def fmt(value: float, digits: int = 3) -> str:
     if value != value:  # NaN
         return "nan"
     return f"{value:.{digits}g}" if abs(value) < 1e4 else f"{value:.0f}"
+
+
+def pm(stat: tuple[float, float] | None, digits: int = 3) -> str:
+    """``mean ± se`` of a ``(mean, se)`` pair; '—' where there is none."""
+    if stat is None:
+        return "—"
+    return f"{fmt(stat[0], digits)} ± {fmt(stat[1], 2)}"
+
+
+def verdict(ok: bool) -> str:
+    return "**MET**" if ok else "**NOT MET**"
+
+
+@dataclass
+class Row:
+    """One method's line on a results page: its scores by number of shots (or context points)."""
+
+    method: str
+    scores: dict[int, Any]
+    train_s: float | None
+    note: str = ""
 
 
 def cpu_model() -> str:

@@ -67,24 +67,6 @@ class Settings:
         )
 
 
-
-
-
-
-# ---------------------------------------------------------------------- Markdown
-
-
-
-
-
-
-# ---------------------------------------------------------------------- the machine
-
-
-
-
-
-
 # ---------------------------------------------------------------------- 1. fit_prior step time
 def step_ms(train: bm.TaskSet, guide: str, batch: int, steps: int) -> float:
     prior = bm.fit_prior(HierarchicalLinearRegression(x_dim=X_DIM), train, guide=guide, steps=steps,

@@ -38,7 +38,7 @@ from typing import Any, Sequence
 import torch
 
 import bayesmeta as bm
-from _report import fmt, log, one_thread_machine, page_args, page_header, publish, table, utc_now  # noqa: E402
+from _report import Row, fmt, log, one_thread_machine, page_args, page_header, pm, publish, table, utc_now, verdict  # noqa: E402
 from bayesmeta.evaluation.metrics import gaussian_nll, interval_coverage, mse, summarize
 from bayesmeta.inference.posterior import Prediction
 from bayesmeta.models import NeuralProcessModel
@@ -91,12 +91,6 @@ class Settings:
             warmup_steps=60, kl_anneal_steps=20, steps=60,
             num_samples=20, bias_tasks=5, bias_samples=50, svi_tasks=5, svi_options={"steps": 20},
         )
-
-
-def pm(stat: tuple[float, float] | None, digits: int = 3) -> str:
-    if stat is None:
-        return "—"
-    return f"{fmt(stat[0], digits)} ± {fmt(stat[1], 2)}"
 
 
 # ---------------------------------------------------------------------- scoring
@@ -257,14 +251,6 @@ def fit(train: bm.TaskSet, s: Settings) -> tuple[bm.LearnedPrior, float]:
     return prior, wall
 
 
-@dataclass
-class Row:
-    method: str
-    scores: dict[int, Score]
-    train_s: float | None
-    note: str = ""
-
-
 # ---------------------------------------------------------------------- page
 def paired_gap(row: Row, floor: Row, k: int) -> tuple[float, float]:
     """Mean over tasks of (row − floor) log-likelihood per point, on the tasks the row scored, ± its paired se."""
@@ -298,10 +284,6 @@ def results_tables(rows: list[Row]) -> str:
               "call for all the tasks scored; for the exact GP, the whole prediction):", "",
               table(["method", "meta-train s"] + [f"adapt s, {k} points" for k in CONTEXT] + ["ms/task (mean)"], body), ""]
     return "\n".join(parts)
-
-
-def verdict(ok: bool) -> str:
-    return "**MET**" if ok else "**NOT MET**"
 
 
 def targets_section(rows: list[Row]) -> tuple[str, bool]:

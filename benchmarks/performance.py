@@ -32,7 +32,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 import bayesmeta as bm
-from _report import fmt, log, one_thread_machine, page_args, page_header, publish, table, utc_now  # noqa: E402
+from _report import fmt, log, one_thread_machine, page_args, page_header, publish, table, utc_now, verdict  # noqa: E402
 from bayesmeta.evaluation import mse, summarize
 from bayesmeta.guides import GUIDES
 from bayesmeta.models import HierarchicalBNN, NeuralProcessModel, SinusoidModel
@@ -111,7 +111,7 @@ def step_section(train: bm.TaskSet, s: Settings) -> str:
         ratio = many / one
         extra = ", random_subsets" if options.get("random_subsets") else ""
         rows.append([label, guide + extra, f"{one:.1f}", f"{many:.1f}", f"{ratio:.3f}", f"{64 / ratio:.0f}×",
-                     "**MET**" if ratio <= TARGET_RATIO else "**NOT MET**"])
+                     verdict(ratio <= TARGET_RATIO)])
     return "\n".join([
         f"`fit_prior(model, train, guide=..., steps={s.timed_steps}, batch_tasks=B, lr=1e-3)` on {s.train_tasks} "
         f"sinusoid tasks (support 10, query 10). Each configuration is warmed up with a {s.warmup_steps}-step fit, "
@@ -143,7 +143,7 @@ def adapt_section(test: bm.TaskSet, s: Settings) -> str:
             seconds.append(time.perf_counter() - start)
         med = statistics.median(seconds)
         rows.append([label, guide, fmt(med), fmt(1e6 * med / len(test)),
-                     "**MET**" if med <= TARGET_ADAPT_S else "**NOT MET**"])
+                     verdict(med <= TARGET_ADAPT_S)])
         log(f"adapt {label} {guide}: {med:.4f} s")
     return "\n".join([
         f"`prior.adapt(test.support.head({SHOTS}))` (method `\"amortized\"`) for {len(test)} sinusoid tasks at once; "

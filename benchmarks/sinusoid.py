@@ -37,7 +37,7 @@ import pyro
 import torch
 
 import bayesmeta as bm
-from _report import fmt, log, one_thread_machine, page_args, page_header, publish, table, utc_now  # noqa: E402
+from _report import Row, fmt, log, one_thread_machine, page_args, page_header, pm, publish, table, utc_now, verdict  # noqa: E402
 from bayesmeta.evaluation.metrics import gaussian_nll, interval_coverage, mse, summarize
 from bayesmeta.inference.posterior import Prediction
 from bayesmeta.models import HierarchicalBNN, NeuralProcessModel, SinusoidModel
@@ -110,28 +110,6 @@ class Settings:
         )
 
 
-
-
-
-
-# ---------------------------------------------------------------------- Markdown
-
-
-
-
-def pm(stat: tuple[float, float] | None, digits: int = 3) -> str:
-    if stat is None:
-        return "—"
-    return f"{fmt(stat[0], digits)} ± {fmt(stat[1], 2)}"
-
-
-# ---------------------------------------------------------------------- the machine
-
-
-
-
-
-
 # ---------------------------------------------------------------------- scoring
 @dataclass
 class Score:
@@ -197,14 +175,6 @@ def fit(label: str, make: Callable[[], bm.HierarchicalModel], train: bm.TaskSet,
     log(f"fit {label}: {wall:.1f} s, final objective/task {prior.history['elbo'][-1] / len(train):.4g}, "
         f"noise_scale {prior.model.noise_scale.item():.4g}")
     return prior, wall
-
-
-@dataclass
-class Row:
-    method: str
-    scores: dict[int, Score]
-    train_s: float | None
-    note: str = ""
 
 
 def run_family(family: bm.tasks.Sinusoid, test: bm.TaskSet, s: Settings, full_rows: bool) -> tuple[list[Row], dict[str, Any]]:
@@ -302,10 +272,6 @@ def results_tables(rows: list[Row]) -> str:
               "call for all the tasks scored; for the Bayes-optimal row, the oracle's prediction):", "",
               table(["method", "meta-train s"] + [f"adapt s, {k}-shot" for k in SHOTS] + ["ms/task (mean)"], body), ""]
     return "\n".join(parts)
-
-
-def verdict(ok: bool) -> str:
-    return "**MET**" if ok else "**NOT MET**"
 
 
 def targets_section(rows: list[Row], noisy_rows: list[Row]) -> str:
