@@ -237,11 +237,8 @@ def fit(train: bm.TaskSet, s: Settings) -> tuple[bm.LearnedPrior, float]:
     common = {"batch_tasks": s.batch_tasks, "seed": 0, "progress": False, "random_subsets": True}
     start = time.perf_counter()
     model.noise_scale = torch.tensor(s.warmup_noise)
-    noise_param = dict(model.named_parameters())["noise_scale_unconstrained"]
-    noise_param.requires_grad_(False)  # fit_prior trains only the parameters that require a gradient
     warm = bm.fit_prior(model, train, guide="pooled", steps=s.warmup_steps, lr=s.warmup_lr, lr_decay=1.0,
-                        kl_anneal_steps=s.kl_anneal_steps, **common)
-    noise_param.requires_grad_(True)
+                        kl_anneal_steps=s.kl_anneal_steps, fixed=["noise_scale"], **common)
     log(f"fit NeuralProcessModel, phase 1 (noise held at {s.warmup_noise}): {time.perf_counter() - start:.1f} s, "
         f"final objective/task {warm.history['elbo'][-1] / len(train):.4g}")
     prior = bm.fit_prior(model, train, guide=warm.guide, steps=s.steps, lr=s.lr, **common)
@@ -459,7 +456,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"trains on a random subset of 1 to {s.train_support + s.train_query} of each task's points at every step, "
         "so that the encoder learns q(z | D) for every context size. Two phases (both `guide=\"pooled\", "
         f"batch_tasks={s.batch_tasks}, random_subsets=True, seed=0`; the second continues the first's model and "
-        f"guide): (1) the noise scale held at {s.warmup_noise} (its parameter frozen), `steps={s.warmup_steps}, "
+        f"guide): (1) the noise scale held at {s.warmup_noise} (`fixed=[\"noise_scale\"]`), `steps={s.warmup_steps}, "
         f"lr={s.warmup_lr:g}, lr_decay=1, kl_anneal_steps={s.kl_anneal_steps}`; (2) everything learned, "
         f"`steps={s.steps}, lr={s.lr:g}` (decaying 10x). Without phase 1 the fit settles within a few thousand "
         "steps on a noise scale of about 0.4 with 3 or 4 latent coordinates in use, and improves only slowly "

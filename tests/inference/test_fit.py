@@ -139,3 +139,30 @@ def test_fit_and_adapt_on_device(device, small, method):
     pred = post.predict(small.query.x[:4], num_samples=8, seed=0)
     assert post.mean.device.type == device and pred.mean.device.type == device
     assert torch.isfinite(pred.std).all()
+
+
+def test_fixed_parameters_stay_where_they_were_and_the_rest_trains(small):
+    model = HierarchicalLinearRegression(x_dim=2)
+    model.noise_scale = torch.tensor(0.7)
+    loc_before = model.prior_loc.detach().clone()
+    prior = bm.fit_prior(model, small, guide="exact", steps=30, batch_tasks=16, lr=1e-2, seed=0, progress=False,
+                         fixed=["noise_scale"])
+    assert model.noise_scale.item() == pytest.approx(0.7, rel=1e-6)
+    assert not torch.equal(model.prior_loc.detach(), loc_before)
+    assert prior.config["fixed"] == ["noise_scale"]
+    # Holding a parameter is the same as leaving it out of the optimizer: the other parameters match a run
+    # in which it does not require a gradient at all.
+    other = HierarchicalLinearRegression(x_dim=2)
+    other.noise_scale = torch.tensor(0.7)
+    dict(other.named_parameters())["noise_scale_unconstrained"].requires_grad_(False)
+    bm.fit_prior(other, small, guide="exact", steps=30, batch_tasks=16, lr=1e-2, seed=0, progress=False)
+    assert torch.equal(other.prior_loc.detach(), model.prior_loc.detach())
+
+
+@pytest.mark.parametrize("fixed, message", [
+    (["noise"], r"fixed: 'noise' is not a parameter of HierarchicalLinearRegression; expected one of \["),
+    ("noise_scale", r"fixed: expected a list of parameter names, got the string 'noise_scale'"),
+])
+def test_fixed_names_are_checked(small, fixed, message):
+    with pytest.raises(ValueError, match=message):
+        bm.fit_prior(HierarchicalLinearRegression(x_dim=2), small, steps=1, progress=False, fixed=fixed)
