@@ -27,7 +27,16 @@ from bayesmeta.inference import (  # noqa: E402
     fit_prior,
 )
 
+
+def __getattr__(name: str):
+    # bm.diagnostics imports ArviZ (and with it xarray, pandas, matplotlib): only when first used.
+    if name == "diagnostics":
+        import importlib
+
+        return importlib.import_module("bayesmeta.diagnostics")
+    raise AttributeError(f"module 'bayesmeta' has no attribute {name!r}")
+
 __all__ = [
     "HierarchicalModel", "TaskData", "TaskSet", "LearnedPrior", "TaskPosterior", "Prediction",
-    "fit_prior", "NonFiniteLossError", "FormatError", "tasks", "guides", "evaluation", "__version__",
+    "fit_prior", "NonFiniteLossError", "FormatError", "tasks", "guides", "evaluation", "diagnostics", "__version__",
 ]

@@ -245,7 +245,7 @@ def run_family(family: bm.tasks.Sinusoid, test: bm.TaskSet, s: Settings, full_ro
 
 def nuts_note(shots: int, post: bm.TaskPosterior) -> str:
     divergent = sum(len(v) for v in post.diagnostics.get("divergences", {}).values())
-    step_size = post.diagnostics["mcmc"].kernel.step_size
+    step_size = post.diagnostics["sample_stats"]["step_size"][:, -1].mean().item()
     ess = pyro.ops.stats.effective_sample_size(post.draws.double(), chain_dim=0, sample_dim=1).flatten()
     return (f"{shots}-shot: {divergent} divergent, step size {step_size:.3g}, "
             f"ESS min {ess.min().item():.0f} / median {ess.median().item():.0f} of {post.draws.shape[1]}")

@@ -54,3 +54,15 @@ def test_sinusoid_meta_learning_quick(tmp_path, monkeypatch, capsys, one_thread)
     assert "KL per latent coordinate" in out and "Bayes-optimal" in out
     assert len([line for line in out.splitlines() if line.strip().startswith(("1 ", "2 ", "5 ", "10 "))]) == 4
     assert (tmp_path / "sinusoid_meta_learning.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_eight_schools_quick(tmp_path, monkeypatch, capsys, one_thread):
+    script = EXAMPLES / "eight_schools.py"
+    monkeypatch.setattr(sys, "argv", [str(script), "--quick", "--out", str(tmp_path)])
+    runpy.run_path(str(script), run_name="__main__")
+    out = capsys.readouterr().out
+    for text in ("TaskSet(8 tasks", "mu", "tau", "BFMI per chain", "school effects", "Choate",
+                 "centred parameterization", "new school, y = 15"):
+        assert text in out, text
+    for name in ("eight_schools_forest.png", "eight_schools_energy.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

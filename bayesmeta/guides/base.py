@@ -88,7 +88,8 @@ def theta_fixed(model: HierarchicalModel, theta: dict[str, Tensor]) -> Iterator[
 
 
 def _placeholder_tasks(model: HierarchicalModel) -> TaskSet:
-    x = torch.zeros(1, 1, model.x_dim)
+    # Ones, not zeros: a model may read an input as a scale (EightSchools' known standard errors).
+    x = torch.ones(1, 1, model.x_dim)
     return TaskSet._trusted(TaskData(x, torch.zeros(1, 1, model.y_dim), torch.ones(1, 1, dtype=torch.bool)),
                             TaskData(x[:, :0], torch.zeros(1, 0, model.y_dim), torch.ones(1, 0, dtype=torch.bool)),
                             None, None)

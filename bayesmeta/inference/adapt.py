@@ -12,7 +12,6 @@ import pyro
 import pyro.distributions as dist
 import torch
 from pyro import poutine
-from pyro.infer import MCMC, NUTS
 from pyro.infer.autoguide.initialization import init_to_value
 from pyro.poutine.util import site_is_subsample
 from tqdm.auto import tqdm
@@ -20,6 +19,7 @@ from torch import Tensor
 
 from bayesmeta.guides.base import theta_fixed
 from bayesmeta.inference.checks import check_positive, check_support
+from bayesmeta.inference.nuts import run_nuts
 from bayesmeta.inference.posterior import TaskPosterior
 from bayesmeta.model import HierarchicalModel
 from bayesmeta.tasks.taskset import TaskData, TaskSet
@@ -50,7 +50,7 @@ def adapt_amortized(prior: Any, tasks: TaskSet) -> TaskPosterior:
         )
     with torch.no_grad(), theta_fixed(prior.model, prior.guide.theta_point()):
         q = prior.guide.posterior(tasks)
-    return TaskPosterior(prior.model, tasks, "amortized", distribution=q)
+    return TaskPosterior(prior.model, tasks, "amortized", distribution=q, diagnostics=_theta_used(prior))
 
 
 def adapt_exact(prior: Any, tasks: TaskSet) -> TaskPosterior:
@@ -62,7 +62,7 @@ def adapt_exact(prior: Any, tasks: TaskSet) -> TaskPosterior:
         )
     with torch.no_grad(), theta_fixed(prior.model, prior.guide.theta_point()):
         q = prior.model.exact_posterior(tasks.support)
-    return TaskPosterior(prior.model, tasks, "exact", distribution=q)
+    return TaskPosterior(prior.model, tasks, "exact", distribution=q, diagnostics=_theta_used(prior))
 
 
 def log_joint(model: Callable[..., None], tasks: TaskSet, phi: Tensor) -> Tensor:
@@ -154,7 +154,7 @@ def adapt_svi(
             schedule.step()
     with torch.no_grad():
         q = gaussian(detach=True)
-    return TaskPosterior(prior.model, tasks, "svi", distribution=q)
+    return TaskPosterior(prior.model, tasks, "svi", distribution=q, diagnostics=_theta_used(prior))
 
 
 def adapt_nuts(
@@ -171,7 +171,9 @@ def adapt_nuts(
     r"""Pyro NUTS over the φ of every task jointly, θ fixed at the learned values.
 
     The tasks are independent given θ, so one chain over all of them samples each task's posterior;
-    the draws keep their chain axis (``draws: num_chains x num_samples x T x phi_dim``). Chains start at
+    the draws keep their chain axis (``draws: num_chains x num_samples x T x phi_dim``), chains run in parallel
+    processes where cores allow (:func:`bayesmeta.inference.nuts.run_nuts`), and ``diagnostics["sample_stats"]``
+    holds ArviZ's per-draw statistics (``energy``, ``diverging``, ``tree_depth``, ...). Chains start at
     the guide's posterior mean (the prior mean for a ``per_task`` guide), not at Pyro's random
     initial point: a random start can strand a chain in a far mode that the prior all but rules out
     (a sinusoid's phase shifted by 2π, say), which a tight likelihood never lets it leave.
@@ -180,19 +182,23 @@ def adapt_nuts(
     check_positive(num_chains, "num_chains", integer=True)
     if not isinstance(warmup_steps, int) or warmup_steps < 0:
         raise ValueError(f"warmup_steps: expected a non-negative int, got {warmup_steps!r}")
-    pyro.set_rng_seed(seed)
     start = _initial_gaussian(prior, tasks).mean[..., None, :]
-    kernel = NUTS(_model_at_theta(prior), jit_compile=jit_compile, ignore_jit_warnings=True, target_accept_prob=target_accept_prob,
-                  init_strategy=init_to_value(values={"phi": start}))
-    mcmc = MCMC(kernel, num_samples=num_samples, warmup_steps=warmup_steps, num_chains=num_chains,
-                disable_progbar=not progress)
     with frozen(prior.model):
-        mcmc.run(tasks)
-    draws = mcmc.get_samples(group_by_chain=True)["phi"][..., 0, :]
-    # Per-chain NUTS statistics that Pyro keeps (divergent transitions, acceptance rate).
-    diagnostics = {name: value for name, value in mcmc.diagnostics().items() if name != "phi"}
-    diagnostics["mcmc"] = mcmc
+        run = run_nuts(_model_at_theta(prior), (tasks,), num_samples=num_samples, warmup_steps=warmup_steps,
+                       num_chains=num_chains, seed=seed, progress=progress, desc="adapt (nuts)", jit_compile=jit_compile,
+                       ignore_jit_warnings=True, target_accept_prob=target_accept_prob,
+                       init_strategy=init_to_value(values={"phi": start}))
+    draws = run.samples["phi"][..., 0, :]
+    # ArviZ's per-draw statistics (energy, tree depth, divergences, ...) and Pyro's per-chain divergence lists.
+    diagnostics = {"sample_stats": run.sample_stats, "divergences": run.divergences, "seconds": run.seconds,
+                   **_theta_used(prior)}
     return TaskPosterior(prior.model, tasks, "nuts", draws=draws.detach(), diagnostics=diagnostics)
+
+
+def _theta_used(prior: Any) -> dict[str, Any]:
+    """``{"theta": ...}``: the point value of the hyperprior sites the posterior was computed under (if any)."""
+    theta = prior.guide.theta_point()
+    return {"theta": theta} if theta else {}
 
 
 def _model_at_theta(prior: Any) -> Callable[..., None]:
@@ -217,8 +223,16 @@ def adapt(prior: Any, support: TaskData | TaskSet, method: str = "amortized", **
         raise ValueError(f"method: expected one of {sorted(METHODS)}, got {method!r}")
     device = prior.model.device
     tasks = check_support(support, prior.model).to(device)
+    function = METHODS[method]
+    if prior.guide is None:  # a full-Bayes (NUTS) prior: θ is a set of draws, not a point
+        if method != "nuts":
+            raise ValueError(
+                f"method: this prior was fitted with method='nuts' (full Bayes over θ), which only "
+                f"method='nuts' can adapt (θ marginalized over its posterior); got {method!r}"
+            )
+        from bayesmeta.inference.full_bayes import adapt_full_bayes as function
     try:
-        return METHODS[method](prior, tasks, **options)
+        return function(prior, tasks, **options)
     except TypeError as error:
         if "unexpected keyword argument" in str(error):
             raise TypeError(f"adapt(method={method!r}): {error}") from None

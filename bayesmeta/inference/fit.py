@@ -47,6 +47,8 @@ def fit_prior(
     record_every: int = 50,
     random_subsets: bool = False,
     fixed: Sequence[str] = (),
+    method: str = "svi",
+    **nuts_options: Any,
 ) -> LearnedPrior:
     r"""Learn the shared :math:`\theta` of ``model`` from ``tasks`` by maximizing the ELBO.
 
@@ -99,6 +101,16 @@ def fit_prior(
             every model: a 1-40-40-1 ``HierarchicalBNN`` (pooled guide, 18000 steps) did worse with it,
             5-shot 0.42 against 0.35, its learned noise scale 0.60 against 0.22.
 
+        method: ``"svi"`` (the default: empirical Bayes for θ held as ``PyroParam``, a variational posterior for
+            θ with a hyperprior) or ``"nuts"``: full Bayes over θ and every training task's φ jointly by NUTS, for
+            small collections whose θ has a hyperprior (``PyroSample``), e.g.
+            ``fit_prior(EightSchools(), bm.tasks.eight_schools(), method="nuts", num_chains=4)``. The prior then
+            carries ``theta_draws`` and ``training_posterior`` (draws with NUTS statistics), and ``adapt(...,
+            method="nuts")`` samples the training and new tasks jointly, so θ is marginalized. Only ``seed``,
+            ``device`` and ``progress`` of the SVI arguments apply.
+        **nuts_options: with ``method="nuts"``: ``num_samples`` (1000), ``warmup_steps`` (1000), ``num_chains``
+            (1; run in parallel processes where cores allow), ``jit_compile`` (False), ``target_accept_prob``
+            (0.8), ``max_tree_depth`` (10), ``parallel`` (None: automatic).
         fixed: names of the model's parameters to hold at their current values — a ``PyroParam``
             attribute such as ``"noise_scale"`` or a network weight such as ``"decoder.0.weight"`` — e.g. to
             keep a noise scale from swallowing the signal in a warm-up phase, then fit again without it.
@@ -120,6 +132,12 @@ def fit_prior(
     """
     model = check_model(model)
     tasks = check_tasks(tasks, model)
+    if method not in ("svi", "nuts"):
+        raise ValueError(f"method: expected 'svi' or 'nuts', got {method!r}")
+    if method == "nuts":
+        return _fit_full_bayes(model, tasks, device, seed, progress, nuts_options)
+    if nuts_options:
+        raise TypeError(f"fit_prior: unexpected keyword argument(s) {sorted(nuts_options)} (NUTS options need method='nuts')")
     check_positive(steps, "steps", integer=True)
     check_positive(batch_tasks, "batch_tasks", integer=True)
     check_positive(lr, "lr")
@@ -151,13 +169,13 @@ def fit_prior(
         "guide": guide.kind, "steps": steps, "batch_tasks": batch_tasks, "lr": lr, "lr_decay": lr_decay,
         "num_particles": num_particles, "clip_norm": clip_norm, "device": str(device), "seed": seed,
         "num_tasks": len(tasks), "kl_anneal_steps": kl_anneal_steps, "random_subsets": random_subsets,
-        "fixed": list(fixed),
+        "fixed": list(fixed), "method": "svi",
     }
     history: dict[str, list] = {"elbo": [], "kl_step": [], "kl_per_dim": []}
     if kl_anneal_steps:
         history["kl_weight"] = []
     probe = torch.arange(min(len(tasks), 256), device=device)
-    prior = LearnedPrior(model, guide, config, history)
+    prior = LearnedPrior(model, guide, config, history, training_tasks=tasks)
 
     start = time.perf_counter()
     bar = tqdm(range(steps), desc="fit_prior", unit="step", disable=not progress, dynamic_ncols=True)
@@ -192,6 +210,18 @@ def fit_prior(
             bar.set_postfix(elbo_per_task=f"{history['elbo'][-1] / len(tasks):.4g}")
     config["seconds"] = time.perf_counter() - start
     return prior
+
+
+def _fit_full_bayes(model: HierarchicalModel, tasks: TaskSet, device: Any, seed: int, progress: bool,
+                    options: dict[str, Any]) -> LearnedPrior:
+    from bayesmeta.inference.full_bayes import fit_nuts
+
+    if device is not None:
+        model.to(device)
+    tasks = tasks.to(model.device)
+    theta, posterior, config = fit_nuts(model, tasks, seed=seed, progress=progress, **options)
+    config.update({"seed": seed, "device": str(model.device), "num_tasks": len(tasks), "guide": None})
+    return LearnedPrior(model, None, config, {}, theta_draws=theta, training_tasks=tasks, training_posterior=posterior)
 
 
 def fixed_parameters(model: HierarchicalModel, names: Sequence[str]) -> list[torch.Tensor]:

@@ -21,6 +21,9 @@ class LearnedPrior:
         guide: the guide fitted with it (amortized guides read new support sets).
         config: how it was fitted (guide, steps, lr, seed, device, wall time, ...).
         history: per-step records, ``history["elbo"]`` the ELBO of the whole collection.
+        theta_draws: for a full-Bayes fit (``fit_prior(method="nuts")``), site name ->
+            ``num_chains x num_samples x *site_shape`` posterior draws of θ; ``None`` otherwise.
+        training_tasks: the meta-training collection (``None`` for a prior loaded from a file that lacks it).
 
     >>> import bayesmeta as bm
     >>> from bayesmeta.models import HierarchicalLinearRegression
@@ -33,16 +36,43 @@ class LearnedPrior:
     """
 
     def __init__(
-        self, model: HierarchicalModel, guide: TaskGuide, config: dict[str, Any], history: dict[str, list[float]]
+        self, model: HierarchicalModel, guide: TaskGuide | None, config: dict[str, Any], history: dict[str, list[float]],
+        theta_draws: dict[str, torch.Tensor] | None = None, training_tasks: TaskSet | None = None,
+        training_posterior: Any = None,
     ) -> None:
         self.model, self.guide, self.config, self.history = model, guide, config, history
+        self.theta_draws, self.training_tasks = theta_draws, training_tasks
+        self._training_posterior = training_posterior
+
+    @property
+    def method(self) -> str:
+        """How θ was fitted: ``"svi"`` or ``"nuts"`` (full Bayes)."""
+        return self.config.get("method", "svi")
+
+    @property
+    def training_posterior(self):
+        """The training tasks' posterior: NUTS draws (with θ draws and sample statistics) for a full-Bayes fit;
+        for an SVI fit the guide applied to the training tasks (the points it was trained on)."""
+        if self._training_posterior is not None:
+            return self._training_posterior
+        if self.training_tasks is None:
+            raise ValueError("training_posterior: this prior does not hold its training tasks (loaded from a file); "
+                             "adapt it to them instead: prior.adapt(tasks, method=...)")
+        from bayesmeta.guides.base import theta_fixed
+        from bayesmeta.inference.posterior import TaskPosterior
+
+        tasks = self.training_tasks
+        with torch.no_grad(), theta_fixed(self.model, self.guide.theta_point()):
+            q = self.guide.posterior(tasks, torch.arange(len(tasks), device=tasks.device))
+        return TaskPosterior(self.model, tasks, f"{self.guide.kind} guide", distribution=q)
 
     def adapt(self, support: TaskData | TaskSet, method: str = "amortized", **options: Any):
         """Posterior over :math:`\\phi` for each task of a new support set.
 
         Args:
             support: ``tasks.support`` of new tasks (a :class:`~bayesmeta.TaskData`), or a TaskSet.
-            method: ``"amortized"`` (one pass of the guide), ``"svi"`` (a Gaussian per task refined by SVI
+            method: for a full-Bayes prior (``fit_prior(method="nuts")``) only ``"nuts"``: the training and new
+                tasks sampled jointly, θ marginalized. Otherwise ``"amortized"`` (one pass of the guide), ``"svi"`` (a Gaussian per task refined by SVI
                 from the amortized guess), ``"nuts"`` (NUTS under the learned θ) or ``"exact"`` (models with
                 ``exact_posterior``).
             **options: the method's options (see :mod:`bayesmeta.inference.adapt`).
@@ -54,10 +84,22 @@ class LearnedPrior:
 
         return adapt(self, support, method=method, **options)
 
+    def to_inference_data(self, **options: Any):
+        """θ (draws or point estimates) and the training tasks' posterior as ArviZ ``InferenceData``
+        (:func:`bayesmeta.diagnostics.to_inference_data`)."""
+        from bayesmeta.diagnostics.arviz import to_inference_data
+
+        return to_inference_data(self, **options)
+
     def to(self, device: str | torch.device) -> LearnedPrior:
         """Move θ and the guide to ``device`` (in place); returns ``self``."""
         self.model.to(device)
-        self.guide.to(device)
+        if self.guide is not None:
+            self.guide.to(device)
+        if self.training_tasks is not None:
+            self.training_tasks = self.training_tasks.to(device)
+        if self.theta_draws is not None:
+            self.theta_draws = {k: v.to(device) for k, v in self.theta_draws.items()}
         return self
 
     def save(self, path: str | os.PathLike) -> None:
@@ -75,6 +117,8 @@ class LearnedPrior:
 
     def __repr__(self) -> str:
         return (
-            f"LearnedPrior(model={type(self.model).__name__}, guide={self.guide.kind!r}, "
-            f"steps={self.config.get('steps')}, tasks={self.config.get('num_tasks')})"
+            f"LearnedPrior(model={type(self.model).__name__}, method={self.method!r}, "
+            + (f"guide={self.guide.kind!r}, steps={self.config.get('steps')}, " if self.guide is not None else
+               f"chains={self.config.get('num_chains')}, draws={self.config.get('num_samples')}, ")
+            + f"tasks={self.config.get('num_tasks')})"
         )

@@ -9,6 +9,7 @@ import pyro.distributions as dist
 import torch
 from torch import Tensor
 
+from bayesmeta.guides.base import theta_fixed
 from bayesmeta.inference.checks import check_positive, check_query_x
 from bayesmeta.model import HierarchicalModel
 from bayesmeta.tasks.taskset import TaskSet
@@ -108,30 +109,48 @@ class TaskPosterior:
 
     def sample(self, num_samples: int, seed: int | None = None) -> Tensor:
         """``num_samples x T x phi_dim`` draws (NUTS posteriors resample their draws with replacement)."""
+        return self._sample_with_theta(num_samples, seed)[0]
+
+    def _sample_with_theta(self, num_samples: int, seed: int | None) -> tuple[Tensor, dict[str, Tensor]]:
+        """Draws of φ and, for a full-Bayes posterior, the θ draws that came with them (same indices)."""
         check_positive(num_samples, "num_samples", integer=True)
         device = self.mean.device
         with seeded(seed, device):
             if self.distribution is not None:
-                return self.distribution.sample((num_samples,))
+                return self.distribution.sample((num_samples,)), {}
             flat = self.draws.flatten(0, 1)
-            return flat[torch.randint(flat.shape[0], (num_samples,), device=device)]
+            index = torch.randint(flat.shape[0], (num_samples,), device=device)
+        theta = {name: value.flatten(0, 1)[index] for name, value in self.diagnostics.get("theta_draws", {}).items()}
+        return flat[index], theta
 
     def predict(self, x: Tensor, num_samples: int = 100, seed: int | None = None) -> Prediction:
         r"""Posterior predictive at ``x``: ``T x N x x_dim`` query inputs.
 
+        For a full-Bayes posterior (``fit_prior(method="nuts")``) each draw of φ is paired with its draw of θ
+        (scalar θ sites broadcast over tasks and points).
         The mean and std use the law of total variance over ``num_samples`` draws of :math:`\phi`
         (:math:`\mathrm{Var}[y] = \mathbb E[\mathrm{Var}(y\mid\phi)] + \mathrm{Var}[\mathbb E(y\mid\phi)]`);
         ``samples`` holds one draw of ``y`` per draw of :math:`\phi`.
         """
         x = check_query_x(x, len(self), self.model.x_dim)
-        phi = self.sample(num_samples, seed=seed)
-        with torch.no_grad(), seeded(None if seed is None else seed + 1, phi.device):
+        phi, theta = self._sample_with_theta(num_samples, seed)
+        # A full-Bayes posterior pairs each φ draw with its θ draw: θ gets the draws dim, then room for T x N.
+        theta = {name: value.reshape(num_samples, 1, 1, *value.shape[1:]) for name, value in theta.items()}
+        # An empirical-Bayes posterior of a model with hyperprior sites holds the point θ it was computed under.
+        theta = {**self.diagnostics.get("theta", {}), **theta}
+        with torch.no_grad(), seeded(None if seed is None else seed + 1, phi.device), theta_fixed(self.model, theta):
             likelihood = self.model.likelihood(phi, x.to(phi.device, phi.dtype))
             mean, variance = likelihood.mean, likelihood.variance
             samples = likelihood.sample()
         return Prediction(
             mean=mean.mean(0), std=(variance.mean(0) + mean.var(0, unbiased=False)).sqrt(), samples=samples
         )
+
+    def to_inference_data(self, **options: Any):
+        """This posterior as ArviZ ``InferenceData`` (:func:`bayesmeta.diagnostics.to_inference_data`)."""
+        from bayesmeta.diagnostics.arviz import to_inference_data
+
+        return to_inference_data(self, **options)
 
     def __repr__(self) -> str:
         return f"TaskPosterior({len(self)} tasks, method={self.method!r}, phi={self.phi_names})"

@@ -51,7 +51,8 @@ def _check_plain(value: Any, where: str) -> None:
 def save_prior(prior: Any, path: str | os.PathLike) -> None:
     path = Path(path)
     model = prior.model
-    model_args, guide_args = model.init_args, prior.guide.init_args
+    model_args = model.init_args
+    guide_args = prior.guide.init_args if prior.guide is not None else {}
     _check_plain(model_args, f"{type(model).__name__} constructor argument")
     _check_plain(guide_args, "guide argument")
     _check_plain(prior.history, "history")
@@ -61,14 +62,38 @@ def save_prior(prior: Any, path: str | os.PathLike) -> None:
         "library_version": _library_version(),
         "model_class": f"{type(model).__module__}.{type(model).__qualname__}",
         "model_args": model_args,
-        "guide_kind": prior.guide.kind,
+        "guide_kind": prior.guide.kind if prior.guide is not None else None,
         "guide_args": guide_args,
-        "model_state": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "guide_state": {k: v.detach().cpu() for k, v in prior.guide.state_dict().items()},
+        "model_state": _cpu(model.state_dict()),
+        "guide_state": _cpu(prior.guide.state_dict()) if prior.guide is not None else {},
         "config": {k: v for k, v in prior.config.items() if _is_plain(v)},
         "history": {k: list(vs) for k, vs in prior.history.items()},
     }
+    if prior.guide is None:  # full Bayes: θ draws, the training tasks and their posterior draws
+        posterior = prior.training_posterior
+        stats = posterior.diagnostics.get("sample_stats", {})
+        payload["full_bayes"] = {
+            "theta_draws": _cpu(prior.theta_draws), "phi_draws": posterior.draws.detach().cpu(),
+            "sample_stats": _cpu(stats), "tasks": _tasks_payload(prior.training_tasks),
+        }
     atomic_write(path, lambda handle: torch.save(payload, handle))
+
+
+def _cpu(tensors: Any) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu() for k, v in tensors.items()}
+
+
+def _tasks_payload(tasks: Any) -> dict[str, Any]:
+    sides = {name: {"x": d.x.cpu(), "y": d.y.cpu(), "mask": d.mask.cpu()}
+             for name, d in (("support", tasks.support), ("query", tasks.query))}
+    return {**sides, "names": tasks.names}
+
+
+def _tasks_from_payload(payload: dict[str, Any], map_location: Any) -> Any:
+    from bayesmeta.tasks.taskset import TaskData, TaskSet
+
+    sides = [TaskData(*(payload[name][k].to(map_location) for k in ("x", "y", "mask"))) for name in ("support", "query")]
+    return TaskSet._trusted(sides[0], sides[1], payload["names"], None)
 
 
 def _library_version() -> str:
@@ -122,8 +147,24 @@ def load_prior(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
     model = cls(**payload["model_args"])
     model.load_state_dict(payload["model_state"])
     config = dict(payload["config"])
+    history = {k: list(v) for k, v in payload["history"].items()}
+    if payload["guide_kind"] is None:
+        return _load_full_bayes(model.to(map_location), config, history, payload["full_bayes"], map_location)
     guide = make_guide(payload["guide_kind"], model, config.get("num_tasks", 0), **payload["guide_args"])
     guide.load_state_dict(payload["guide_state"])
     model.to(map_location)
     guide.to(map_location)
-    return LearnedPrior(model, guide, config, {k: list(v) for k, v in payload["history"].items()})
+    return LearnedPrior(model, guide, config, history)
+
+
+def _load_full_bayes(model: HierarchicalModel, config: dict, history: dict, saved: dict, map_location: Any) -> Any:
+    from bayesmeta.inference.learned_prior import LearnedPrior
+    from bayesmeta.inference.posterior import TaskPosterior
+
+    tasks = _tasks_from_payload(saved["tasks"], map_location)
+    theta = {k: v.to(map_location) for k, v in saved["theta_draws"].items()}
+    stats = {k: v.to(map_location) for k, v in saved["sample_stats"].items()}
+    posterior = TaskPosterior(model, tasks, "nuts", draws=saved["phi_draws"].to(map_location),
+                              diagnostics={"theta_draws": theta, "sample_stats": stats})
+    return LearnedPrior(model, None, config, history, theta_draws=theta, training_tasks=tasks,
+                        training_posterior=posterior)
