@@ -37,7 +37,7 @@ def band_figure(
     rows: Sequence[tuple[str, TaskData, Prediction]],
     truth: Tensor | None = None,
     titles: Sequence[str] | None = None,
-    level: float = 0.9,
+    level: float | Sequence[float] = 0.9,
     panel_size: tuple[float, float] = (2.6, 2.0),
 ) -> Figure:
     """A grid of panels: one row per entry of ``rows``, one column per task.
@@ -49,7 +49,8 @@ def band_figure(
             drawn) and ``prediction`` has ``T x G x 1`` mean and std.
         truth: ``T x G x 1`` true function values, drawn in black where given.
         titles: a title per task (column).
-        level: the band drawn is the central ``level`` interval of the Gaussian summary.
+        level: the band drawn is the central ``level`` interval of the Gaussian summary; a sequence, e.g.
+            ``(0.5, 0.9)``, draws one band per level, nested, the narrower darker.
         panel_size: inches per panel.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -57,13 +58,14 @@ def band_figure(
 
     if x.dim() != 3 or x.shape[-1] != 1:
         raise ValueError(f"x: expected shape num_tasks x num_points x 1, got {tuple(x.shape)}")
+    levels = sorted([level] if isinstance(level, (int, float)) else list(level), reverse=True)
     num_tasks = x.shape[0]
     figure = Figure(figsize=(panel_size[0] * num_tasks, panel_size[1] * len(rows)), layout="constrained")
     FigureCanvasAgg(figure)
     axes = figure.subplots(len(rows), num_tasks, sharex=True, sharey="col", squeeze=False)
     grid = x[..., 0].detach().cpu()
     for r, (label, support, pred) in enumerate(rows):
-        lower, upper = (t[..., 0].detach().cpu() for t in gaussian_band(pred, level))
+        bands = [(lv, *(t[..., 0].detach().cpu() for t in gaussian_band(pred, lv))) for lv in levels]
         mean = pred.mean[..., 0].detach().cpu()
         sx, sy, smask = support.x[..., 0].cpu(), support.y[..., 0].cpu(), support.mask.cpu()
         for i in range(num_tasks):
@@ -71,7 +73,8 @@ def band_figure(
             if truth is not None:
                 ax.plot(grid[i], truth[i, :, 0].detach().cpu(), color="black", lw=1, label="true function")
             ax.plot(grid[i], mean[i], color="C0", lw=1.2, label="predictive mean")
-            ax.fill_between(grid[i], lower[i], upper[i], color="C0", alpha=0.25, label=f"{level:.0%} band")
+            for lv, lower, upper in bands:
+                ax.fill_between(grid[i], lower[i], upper[i], color="C0", alpha=0.2, lw=0, label=f"{lv:.0%} band")
             ax.scatter(sx[i][smask[i]], sy[i][smask[i]], color="C3", s=14, zorder=3, label="support points")
             if r == 0 and titles is not None:
                 ax.set_title(titles[i], fontsize="small")
