@@ -66,3 +66,15 @@ def test_eight_schools_quick(tmp_path, monkeypatch, capsys, one_thread):
         assert text in out, text
     for name in ("eight_schools_forest.png", "eight_schools_energy.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_posterior_entropy_quick(tmp_path, monkeypatch, capsys, one_thread):
+    script = EXAMPLES / "posterior_entropy.py"
+    monkeypatch.setattr(sys, "argv", [str(script), "--quick", "--out", str(tmp_path)])
+    runpy.run_path(str(script), run_name="__main__")
+    out = capsys.readouterr().out
+    for text in ("Before any task", "mutual_information", "learned prior H(p(φ | θ̂))", "information_gain",
+                 "5-shot posterior entropy per task"):
+        assert text in out, text
+    for name in ("posterior_entropy.png", "posterior_forest.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

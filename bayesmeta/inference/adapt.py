@@ -19,6 +19,7 @@ from torch import Tensor
 
 from bayesmeta.guides.base import theta_fixed
 from bayesmeta.inference.checks import check_positive, check_support
+from bayesmeta.inference.full_bayes import check_continuous
 from bayesmeta.inference.nuts import run_nuts
 from bayesmeta.inference.posterior import TaskPosterior
 from bayesmeta.model import HierarchicalModel
@@ -182,6 +183,7 @@ def adapt_nuts(
     check_positive(num_chains, "num_chains", integer=True)
     if not isinstance(warmup_steps, int) or warmup_steps < 0:
         raise ValueError(f"warmup_steps: expected a non-negative int, got {warmup_steps!r}")
+    check_continuous(prior.model)
     start = _initial_gaussian(prior, tasks).mean[..., None, :]
     with frozen(prior.model):
         run = run_nuts(_model_at_theta(prior), (tasks,), num_samples=num_samples, warmup_steps=warmup_steps,

@@ -53,7 +53,7 @@ def nuts_options(options: dict[str, Any]) -> dict[str, Any]:
 
 
 def check_full_bayes_model(model: HierarchicalModel) -> list[str]:
-    """The θ sites with a hyperprior; a clear error when there are none or φ is discrete."""
+    """The θ sites with a hyperprior; a clear error when there are none or a latent is discrete."""
     sites = global_latent_sites(model)
     if not sites:
         raise ValueError(
@@ -61,18 +61,22 @@ def check_full_bayes_model(model: HierarchicalModel) -> list[str]:
             f"{type(model).__name__} is a learned point estimate (PyroParam or a network); use the default "
             "method='svi' (empirical Bayes), or give θ a hyperprior"
         )
+    check_continuous(model)
+    return sites
+
+
+def check_continuous(model: HierarchicalModel) -> None:
+    """NUTS needs every latent site continuous: name the first discrete one."""
     with torch.no_grad():
         trace = poutine.trace(model).get_trace(_placeholder_tasks(model))
     for name, site in trace.nodes.items():
-        if site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site):
-            if not site["fn"].support.is_discrete:
-                continue
+        if site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site) \
+                and site["fn"].support.is_discrete:
             raise ValueError(
                 f"method='nuts': the latent site {name!r} of {type(model).__name__} is discrete "
                 f"({type(site['fn']).__name__}); NUTS needs continuous latents — marginalize it out "
                 "(e.g. with pyro's enumeration) or sample it differently"
             )
-    return sites
 
 
 def _run(model: HierarchicalModel, tasks: TaskSet, options: dict[str, Any], seed: int, progress: bool,

@@ -170,6 +170,16 @@ def test_bad_requests_say_what_to_do(data):
     with pytest.raises(ValueError, match="discrete"):
         bm.fit_prior(Switches(), data, method="nuts", progress=False)
 
+    class FixedSwitches(Switches):  # empirical Bayes: adapt(method="nuts") must refuse the discrete φ too
+        def __init__(self):
+            super().__init__()
+            del self.p
+            self.p = torch.tensor(0.5)
+
+    eb = bm.LearnedPrior(FixedSwitches(), object(), {}, {})
+    with pytest.raises(ValueError, match="'phi' of FixedSwitches is discrete"):
+        eb.adapt(data.support, method="nuts")
+
 
 def test_adapting_a_full_bayes_prior_needs_nuts(fitted, data):
     with pytest.raises(ValueError, match="only method='nuts'"):
