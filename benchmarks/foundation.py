@@ -24,6 +24,7 @@ Usage::
 """
 from __future__ import annotations
 
+import os
 import statistics
 import sys
 import time
@@ -357,7 +358,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     wall = time.perf_counter() - started
     page = "\n".join([
-        *page_header("Benchmarks", "foundation.py", quick, date, wall, machine_section("intra-op, as the machine sets it", 2, " (see the ranges)")),
+        *page_header("Benchmarks", "foundation.py", quick, date, wall, machine_section("intra-op, as the machine sets it" + (f"; OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}" if "OMP_NUM_THREADS" in os.environ else ""), 2, " (see the ranges)")),
         "",
         "Timings are only comparable within one run on one machine.",
         "",
