@@ -20,6 +20,7 @@ from torch import Tensor
 from bayesmeta.guides.base import theta_fixed
 from bayesmeta.inference.checks import check_positive, check_support
 from bayesmeta.inference.full_bayes import check_continuous
+from bayesmeta.inference.importance import adapt_importance
 from bayesmeta.inference.nuts import run_nuts
 from bayesmeta.inference.posterior import TaskPosterior
 from bayesmeta.model import HierarchicalModel
@@ -216,6 +217,7 @@ def _has_exact(model: HierarchicalModel) -> bool:
 #: ``LearnedPrior.adapt(method=...)`` names and their functions.
 METHODS: dict[str, Callable[..., TaskPosterior]] = {
     "amortized": adapt_amortized, "svi": adapt_svi, "nuts": adapt_nuts, "exact": adapt_exact,
+    "importance": adapt_importance,
 }
 
 

@@ -72,8 +72,10 @@ class LearnedPrior:
         Args:
             support: ``tasks.support`` of new tasks (a :class:`~bayesmeta.TaskData`), or a TaskSet.
             method: for a full-Bayes prior (``fit_prior(method="nuts")``) only ``"nuts"``: the training and new
-                tasks sampled jointly, θ marginalized. Otherwise ``"amortized"`` (one pass of the guide), ``"svi"`` (a Gaussian per task refined by SVI
-                from the amortized guess), ``"nuts"`` (NUTS under the learned θ) or ``"exact"`` (models with
+                tasks sampled jointly, θ marginalized. Otherwise ``"amortized"`` (one pass of the guide),
+                ``"svi"`` (a Gaussian per task refined by SVI from the amortized guess), ``"nuts"`` (NUTS under
+                the learned θ), ``"importance"`` (importance sampling with the guide as proposal: the exact
+                posterior as the particles grow, with no per-task optimization) or ``"exact"`` (models with
                 ``exact_posterior``).
             **options: the method's options (see :mod:`bayesmeta.inference.adapt`).
 

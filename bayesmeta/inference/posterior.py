@@ -35,12 +35,13 @@ class Prediction:
 
     Attributes:
         mean: ``T x N x y_dim`` predictive mean.
-        std: ``T x N x y_dim`` predictive standard deviation (noise and parameter uncertainty).
+        std: ``T x N x y_dim`` predictive standard deviation (noise and parameter uncertainty); ``None`` for a
+            point predictor (e.g. MAML).
         samples: ``S x T x N x y_dim`` draws of ``y`` from the posterior predictive.
     """
 
     mean: Tensor
-    std: Tensor
+    std: Tensor | None = None
     samples: Tensor | None = None
 
     def interval(self, level: float = 0.9) -> tuple[Tensor, Tensor]:

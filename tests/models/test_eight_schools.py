@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import arviz as az
 import pytest
@@ -67,7 +68,11 @@ def test_noncentered_nuts_matches_arviz_reference(tmp_path):
     assert abs(effects - reference_effects).max() < 0.5  # their sds are ~5-6, ESS ~2000: MCSE ~0.15
     # The rest of ArviZ works on it: energy diagnostics per chain, leave-one-school-out, a file round trip.
     assert len(az.bfmi(ours)) == 4 and (az.bfmi(ours) > 0.3).all()
-    loo, reference_loo = az.loo(ours), az.loo(reference)
+    loo = az.loo(ours)  # our 4000 draws: every Pareto k below 0.7, so no warning (warnings fail tests here)
+    with warnings.catch_warnings():
+        # The reference's 2000 draws leave one school's Pareto k above 0.7; its elpd is still the yardstick.
+        warnings.filterwarnings("ignore", message="Estimated shape parameter of Pareto", category=UserWarning)
+        reference_loo = az.loo(reference)
     assert (loo.pareto_k <= 0.7).all()
     # elpd_loo's Monte Carlo error at 2000-4000 draws is a few hundredths of a nat; 0.5 nats still catches a
     # wrong log_likelihood group (a missing or doubled term moves it by whole nats).
