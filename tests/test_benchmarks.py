@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
     ("gp_functions.py", "# GP function regression benchmark"),
     ("performance.py", "# Performance of the neural models"),
     ("entropy.py", "# Entropy and structure"),
+    ("maml_speed.py", "# MAML meta-training speed"),
 ])
 def test_quick_run_prints_its_page(script, title):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
