@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
     ("performance.py", "# Performance of the neural models"),
     ("entropy.py", "# Entropy and structure"),
     ("maml_speed.py", "# MAML meta-training speed"),
+    ("results.py", "# Results: MAML baselines and the lecture's fine-tuning claims"),
 ])
 def test_quick_run_prints_its_page(script, title):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
