@@ -29,12 +29,11 @@ from typing import Any, Sequence
 
 import pandas as pd
 import torch
-from torch.func import functional_call
 
 import bayesmeta as bm
+import maml_speed  # noqa: E402  (the per-task-loop reference lives there)
 from _report import fmt, log, one_thread_machine, page_args, page_header, pm, publish, table, utc_now  # noqa: E402
 from bayesmeta.baselines import MAML, BlackBox, FineTune, TrainFromScratch, maml_net
-from bayesmeta.baselines.functional import sample_batch
 from bayesmeta.evaluation import adapting, benchmark, plot_benchmark
 from bayesmeta.evaluation.metrics import mse, summarize
 from bayesmeta.models import NeuralProcessModel
@@ -95,28 +94,11 @@ def pm95(stat: tuple[float, float]) -> str:
 
 
 # ---------------------------------------------------------------------- section 1
-def loop_meta_fit(net: torch.nn.Module, tasks: bm.TaskSet, steps: int, batch_tasks: int = META_BATCH,
-                  lr: float = META_LR, inner_lr: float = INNER_LR, seed: int = 0) -> float:
-    """Per-task-loop second-order MAML (one inner step), as usually written; trains ``net`` in place, returns the
-    wall seconds. Same meta-batches as ``MAML.meta_fit`` (``sample_batch`` from the same seeded generator)."""
+def loop_meta_fit(net: torch.nn.Module, tasks: bm.TaskSet, steps: int) -> float:
+    """``benchmarks/maml_speed.py``'s per-task-loop MAML (second order, one inner step, the same meta-batches as
+    ``MAML.meta_fit``), as usually written; trains ``net`` in place and returns the wall seconds."""
     start = time.perf_counter()
-    theta = dict(net.named_parameters())
-    optimizer = torch.optim.Adam(theta.values(), lr=lr)
-    generator = torch.Generator().manual_seed(seed)
-    s, q = tasks.support, tasks.query
-    for step in range(steps):
-        losses = []
-        for t in sample_batch(generator, len(tasks), batch_tasks).tolist():
-            inner = (net(s.x[t]) - s.y[t]).pow(2).mean()
-            grads = torch.autograd.grad(inner, list(theta.values()), create_graph=True)
-            fast = {k: p - inner_lr * g for (k, p), g in zip(theta.items(), grads)}
-            losses.append((functional_call(net, fast, (q.x[t],)) - q.y[t]).pow(2).mean())
-        loss = torch.stack(losses).mean()
-        if not math.isfinite(loss.item()):
-            raise FloatingPointError(f"loop_meta_fit: the outer loss became {loss.item()} at step {step}")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+    maml_speed.loop_meta_fit(net, tasks, steps, META_BATCH, lr=META_LR, inner_lr=INNER_LR)
     return time.perf_counter() - start
 
 
@@ -435,9 +417,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{pm95(r10[10])} after 10.",
         "",
         f"**Vectorized against a per-task loop**, K = {s.loop_k}, {s.loop_iters:,} iterations each, same "
-        f"meta-batches (same seed), same test tasks; the loop is `loop_meta_fit` in this script "
-        f"(`autograd.grad(create_graph=True)` one task at a time, as in `benchmarks/maml_speed.py`). ± 95% "
-        f"intervals; the last row is the per-task paired difference.",
+        f"meta-batches (same seed), same test tasks; the loop is `loop_meta_fit` of `benchmarks/maml_speed.py` "
+        f"(`autograd.grad(create_graph=True)` one task at a time). ± 95% intervals; the last row is the per-task "
+        f"paired difference.",
         "",
         t2,
         "",
