@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
     ("gp_functions.py", "# GP function regression benchmark"),
     ("performance.py", "# Performance of the neural models"),
     ("entropy.py", "# Entropy and structure"),
+    ("np_particles.py", "# Neural process at 1 shot: importance particles"),
     ("maml_speed.py", "# MAML meta-training speed"),
     ("results.py", "# Results: MAML baselines and the lecture's fine-tuning claims"),
 ])
