@@ -193,7 +193,7 @@ def _posterior_groups(
         for site, value in (theta_draws or {}).items():
             out.add("posterior", site, value)
         out.add("prior", "phi", _prior_phi(model, phi.shape[:2], len(post), theta_draws, post.diagnostics.get("theta")))
-        _add_points(out, model, phi, points, names)
+        _add_points(out, model, phi, points, names, theta_draws, post.diagnostics.get("theta"))
     stats = post.diagnostics.get("sample_stats") or {}
     for name in SAMPLE_STATS:
         if name in stats:
@@ -235,8 +235,13 @@ def _prior_phi(
     return torch.stack(draws).reshape(*shape, num_tasks, -1)
 
 
-def _add_points(out: _Groups, model: HierarchicalModel, phi: Tensor, points: TaskData, names: list[str]) -> None:
-    """Observed data, pointwise log-likelihood, posterior predictive and ``x`` at the observed points."""
+def _add_points(out: _Groups, model: HierarchicalModel, phi: Tensor, points: TaskData, names: list[str],
+                theta_draws: dict[str, Tensor] | None = None, theta: dict[str, Tensor] | None = None) -> None:
+    """Observed data, pointwise log-likelihood, posterior predictive and ``x`` at the observed points.
+
+    A likelihood that reads θ sees, for each draw of φ, the θ drawn with it (``theta_draws``, full Bayes) or the
+    point θ the posterior was computed under (``theta``), never a fresh draw from the hyperprior.
+    """
     points = points.to(phi.device)
     task, point = points.mask.nonzero(as_tuple=True)
     # Padding takes its task's first observed point, so no likelihood sees an invalid value (e.g. a zero scale).
@@ -245,10 +250,15 @@ def _add_points(out: _Groups, model: HierarchicalModel, phi: Tensor, points: Tas
     y_first = points.y.gather(1, first[..., None].expand_as(points.y) if points.y.dim() == 3 else first)
     y = torch.where(points.mask[..., None] if points.y.dim() == 3 else points.mask, points.y, y_first)
     flat_phi = phi.flatten(0, 1)
+    flat_theta = {k: v.flatten(0, 1).to(phi.device) for k, v in (theta_draws or {}).items()}
     per_chunk = max(1, 2**22 // max(1, points.mask.numel() * points.y_dim))
     log_lik, y_rep = [], []
-    for chunk in flat_phi.split(per_chunk):
-        likelihood = model.likelihood(chunk, x.to(chunk.dtype))
+    for start in range(0, len(flat_phi), per_chunk):
+        chunk = flat_phi[start:start + per_chunk]
+        # Each θ draw gets room for the task and point dims, as TaskPosterior.predict gives it.
+        paired = {k: v[start:start + per_chunk].reshape(len(chunk), 1, 1, *v.shape[1:]) for k, v in flat_theta.items()}
+        with theta_fixed(model, {**(theta or {}), **paired}):
+            likelihood = model.likelihood(chunk, x.to(chunk.dtype))
         log_lik.append(likelihood.log_prob(y)[:, task, point])
         y_rep.append(likelihood.sample()[:, task, point])
     squeeze = points.y.dim() == 3 and points.y_dim == 1

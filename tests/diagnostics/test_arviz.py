@@ -327,3 +327,42 @@ def test_load_example_reads_bundled_data_only():
     assert load_example("non_centered_eight").observed_data["obs"].shape == (8,)
     with pytest.raises(ValueError, match="bundled with ArviZ"):
         load_example("radon")
+
+
+class NoisyMeans(bm.HierarchicalModel):
+    """``y ~ N(φ, noise²)`` with the noise under a hyperprior: a likelihood that reads θ.
+
+    Written as Pyro's vectorized particles need it: a draw of θ arrives with shape ``draws x 1 x 1`` (room for
+    the tasks and points dims), so the likelihood adds the output dim itself (``noise[..., None]``).
+    """
+
+    phi_names = ["mean"]
+
+    def __init__(self) -> None:
+        super().__init__(x_dim=1)
+        self.noise = PyroSample(dist.HalfNormal(1.0))
+
+    def local_prior(self) -> dist.Distribution:
+        return dist.Normal(torch.zeros(1), 1.0).to_event(1)
+
+    def likelihood(self, phi, x):
+        return dist.Normal(phi[..., None, :] + 0 * x, self.noise[..., None]).to_event(1)
+
+
+def test_log_likelihood_pairs_each_draw_with_its_theta():
+    support = bm.TaskSet.from_arrays(torch.zeros(3, 4, 1), torch.randn(3, 4, 1))
+    phi = torch.randn(2, 10, 3, 1)
+    noise = torch.rand(2, 10) + 0.5
+    post = bm.TaskPosterior(NoisyMeans(), support, "nuts", draws=phi, diagnostics={"theta_draws": {"noise": noise}})
+    log_lik = to_inference_data(post).log_likelihood["y"].values  # 2 x 10 x 12 observations
+    expected = torch.distributions.Normal(phi, noise[..., None, None]).log_prob(support.support.y[..., 0][None, None])
+    np.testing.assert_allclose(log_lik, expected.reshape(2, 10, 12).numpy(), rtol=1e-5, atol=1e-5)
+    # A posterior computed at a point θ uses that point for every draw.
+    gauss = dist.MultivariateNormal(torch.zeros(3, 1), torch.eye(1).expand(3, 1, 1))
+    at_point = bm.TaskPosterior(NoisyMeans(), support, "amortized", distribution=gauss,
+                                diagnostics={"theta": {"noise": torch.tensor(0.3)}})
+    idata = to_inference_data(at_point, num_samples=5, seed=0)
+    draws = torch.as_tensor(idata.posterior["phi"].values)  # 1 x 5 x 3 x 1
+    expected = torch.distributions.Normal(draws, 0.3).log_prob(support.support.y[..., 0][None, None])
+    np.testing.assert_allclose(idata.log_likelihood["y"].values, expected.reshape(1, 5, 12).numpy(), rtol=1e-5,
+                               atol=1e-5)
