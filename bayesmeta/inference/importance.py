@@ -25,7 +25,6 @@ from typing import Any
 
 import pyro.distributions as dist
 import torch
-from torch import Tensor
 
 from bayesmeta.guides.base import theta_fixed
 from bayesmeta.inference.checks import check_positive
