@@ -151,7 +151,7 @@ def benchmark(
     shots = _check(learners, tasks, shots)
     if not 0 < level < 1:
         raise ValueError(f"level: expected a probability in (0, 1), got {level!r}")
-    floor_fn = floor if callable(floor) and not hasattr(floor, "sample") else (bayes_floor(floor) if floor is not None else None)
+    floor_fn = floor if callable(floor) or floor is None else bayes_floor(floor)
     if floor is not None and floor_fn is None:
         raise ValueError(f"floor: expected a callable or a family with a known Bayes-optimal predictor "
                          f"(Sinusoid, GPFunctions), got {type(floor).__name__}")

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from bayesmeta.guides.base import theta_fixed
 from bayesmeta.inference.checks import check_positive, check_support
-from bayesmeta.inference.full_bayes import check_continuous
+from bayesmeta.inference.full_bayes import check_continuous, nuts_options
 from bayesmeta.inference.importance import adapt_importance
 from bayesmeta.inference.nuts import run_nuts
 from bayesmeta.inference.posterior import TaskPosterior
@@ -180,10 +180,8 @@ def adapt_nuts(
     initial point: a random start can strand a chain in a far mode that the prior all but rules out
     (a sinusoid's phase shifted by 2π, say), which a tight likelihood never lets it leave.
     """
-    check_positive(num_samples, "num_samples", integer=True)
-    check_positive(num_chains, "num_chains", integer=True)
-    if not isinstance(warmup_steps, int) or warmup_steps < 0:
-        raise ValueError(f"warmup_steps: expected a non-negative int, got {warmup_steps!r}")
+    nuts_options({"num_samples": num_samples, "warmup_steps": warmup_steps, "num_chains": num_chains,
+                  "target_accept_prob": target_accept_prob})  # validates them, as fit_prior(method="nuts") does
     check_continuous(prior.model)
     start = _initial_gaussian(prior, tasks).mean[..., None, :]
     with frozen(prior.model):

@@ -63,7 +63,7 @@ def adapt_importance(
 
     The result's ``diagnostics`` hold ``ess`` and ``log_evidence`` (``T`` each) and ``num_particles``.
     """
-    from bayesmeta.inference.adapt import _initial_gaussian, _model_at_theta, frozen, log_joint
+    from bayesmeta.inference.adapt import _initial_gaussian, _model_at_theta, _theta_used, frozen, log_joint
 
     check_positive(num_particles, "num_particles", integer=True)
     check_positive(num_samples, "num_samples", integer=True)
@@ -94,10 +94,8 @@ def adapt_importance(
             evidence.append(torch.logsumexp(log_w, 0) - math.log(num_particles))
             index = torch.multinomial(w.T, num_samples, replacement=True).T  # S x t
             draws.append(torch.gather(phi, 0, index[..., None].expand(-1, -1, phi.shape[-1])))
-    diagnostics = {"ess": torch.cat(ess), "log_evidence": torch.cat(evidence), "num_particles": num_particles}
-    theta = prior.guide.theta_point()
-    if theta:
-        diagnostics["theta"] = theta
+    diagnostics = {"ess": torch.cat(ess), "log_evidence": torch.cat(evidence), "num_particles": num_particles,
+                   **_theta_used(prior)}
     return TaskPosterior(model, tasks, "importance", draws=torch.cat(draws, 1)[None], diagnostics=diagnostics)
 
 

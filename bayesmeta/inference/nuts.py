@@ -12,8 +12,9 @@ import math
 import multiprocessing
 import os
 import queue as queue_module
+import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import pyro
@@ -83,7 +84,6 @@ class NutsRun:
     samples: dict[str, Tensor]
     sample_stats: dict[str, Tensor]
     seconds: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def divergences(self) -> dict[str, list[int]]:
@@ -141,8 +141,6 @@ def run_nuts(
 
     The same seed gives the same draws whether the chains run in parallel or one after another.
     """
-    import time
-
     cores = os.cpu_count() or 1
     on_cpu = all(t.device.type == "cpu" for t in _tensors(model))
     if parallel is None:
