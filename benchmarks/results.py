@@ -378,12 +378,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         *page_header("Results: MAML baselines and the lecture's fine-tuning claims", "results.py", quick, date, wall,
                      one_thread_machine()),
         "",
-        "Everything here runs on one CPU core (`torch.set_num_threads(1)`, `OMP_NUM_THREADS=1`), and another "
-        "benchmark was running on the machine's other core at the time, so the wall times are only roughly "
-        "comparable with other pages.",
-        "",
-        "(The \"Reading\" paragraphs of this script are automatic; docs/results.md has readings "
-        "written by hand from its run's numbers.)",
+        "Everything here runs on one CPU core (`torch.set_num_threads(1)`, `OMP_NUM_THREADS=1`); the load line above "
+        "says whether other processes shared the machine. Every \"Reading\" paragraph is written by the script "
+        "from this run's numbers.",
         "",
         "## 1. MAML on the MAML paper's sinusoid protocol",
         "",
@@ -399,7 +396,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "",
         t1,
         "",
-        "Published and previously measured figures (cited as /work/shared/REFERENCES.md gives them):",
+        "Published and previously measured figures (cited as the project's shared REFERENCES.md gives them):",
         "",
         table(["source", "setting", "1 step", "5 steps", "10 steps"], [
             ["Finn et al. 2017, MAML paper, appendix C, table 2", "MAML, adapted on 5 points", "0.67", "0.38", "0.35"],
