@@ -24,6 +24,7 @@ from bayesmeta.inference import (  # noqa: E402
     NonFiniteLossError,
     Prediction,
     TaskPosterior,
+    amortize,
     fit_prior,
 )
 
@@ -38,5 +39,5 @@ def __getattr__(name: str):
 
 __all__ = [
     "HierarchicalModel", "TaskData", "TaskSet", "LearnedPrior", "TaskPosterior", "Prediction",
-    "fit_prior", "NonFiniteLossError", "FormatError", "tasks", "guides", "evaluation", "diagnostics", "__version__",
+    "fit_prior", "amortize", "NonFiniteLossError", "FormatError", "tasks", "guides", "evaluation", "diagnostics", "__version__",
 ]

@@ -7,16 +7,17 @@ from bayesmeta.guides.amortized import AmortizedGuide
 from bayesmeta.guides.base import TaskGuide, gaussian_from_natural, gaussian_natural_params, site_distribution
 from bayesmeta.guides.exact import ExactGuide
 from bayesmeta.guides.gradient import GradientGuide
+from bayesmeta.guides.mixture import MixtureGuide
 from bayesmeta.guides.per_task import PerTaskGuide
 from bayesmeta.guides.pooled import PooledGuide
 
-__all__ = ["AmortizedGuide", "ExactGuide", "GradientGuide", "PerTaskGuide", "PooledGuide", "TaskGuide", "GUIDES",
+__all__ = ["AmortizedGuide", "ExactGuide", "GradientGuide", "MixtureGuide", "PerTaskGuide", "PooledGuide", "TaskGuide", "GUIDES",
            "make_guide", "gaussian_natural_params", "gaussian_from_natural", "site_distribution"]
 
 #: ``fit_prior(guide=...)`` names and their classes.
 GUIDES: dict[str, type[TaskGuide]] = {
     "amortized": AmortizedGuide, "pooled": PooledGuide, "per_task": PerTaskGuide, "exact": ExactGuide,
-    "gradient": GradientGuide,
+    "gradient": GradientGuide, "mixture": MixtureGuide,
 }
 
 

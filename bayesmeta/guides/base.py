@@ -35,6 +35,8 @@ class TaskGuide(PyroModule):
 
     #: Name used by ``fit_prior(guide=...)`` and in saved files.
     kind: str = ""
+    #: Whether ``fit_prior`` can fit it by the ELBO (its draws are reparameterized).
+    elbo_trainable: bool = True
 
     def __init__(self, model: HierarchicalModel) -> None:
         super().__init__()

@@ -58,14 +58,19 @@ class PooledGuide(TaskGuide):
     def init_args(self) -> dict[str, Any]:
         return {"hidden": self.hidden, "depth": self.depth, "reads": self.reads}
 
-    def posterior(self, tasks: TaskSet, index: Tensor | None = None) -> dist.Independent:
+    def summary(self, tasks: TaskSet) -> tuple[Tensor, Tensor]:
+        r"""``(T x (hidden + 1), T x 1)``: each task's pooled embedding with :math:`\log(1+n)`, and :math:`n`."""
         data = tasks.all_points() if self.reads == "all" else tasks.support
         y = data.y if data.y.dim() == 3 else data.y.to(data.x.dtype)[..., None]
         inputs = torch.cat([data.x, y], -1)
         weight = data.mask[..., None].to(inputs.dtype)
         count = weight.sum(1)
         pooled = (self.embed(inputs) * weight).sum(1) / count.clamp(min=1.0)
-        loc, raw_scale = self.head(torch.cat([pooled, torch.log1p(count)], -1)).chunk(2, -1)
+        return torch.cat([pooled, torch.log1p(count)], -1), count
+
+    def posterior(self, tasks: TaskSet, index: Tensor | None = None) -> dist.Independent:
+        features, count = self.summary(tasks)
+        loc, raw_scale = self.head(features).chunk(2, -1)
         scale = nn.functional.softplus(raw_scale) + 1e-4
         empty = count == 0
         if empty.any():

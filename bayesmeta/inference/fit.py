@@ -157,6 +157,11 @@ def fit_prior(
     device = model.device
     tasks = tasks.to(device)
     guide = make_guide(guide, model, len(tasks), **(guide_options or {})).to(device)
+    if not guide.elbo_trainable:
+        raise ValueError(
+            f"guide: {guide.kind!r} cannot be fitted by the ELBO (its draws are not reparameterized); fit the prior "
+            f"with guide='pooled' (or another), then bm.amortize(prior, tasks, guide={guide.kind!r})"
+        )
     subsample = None if batch_tasks >= len(tasks) else batch_tasks
 
     elbo = Trace_ELBO(num_particles=num_particles, vectorize_particles=num_particles > 1, max_plate_nesting=2)

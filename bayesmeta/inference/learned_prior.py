@@ -86,6 +86,14 @@ class LearnedPrior:
 
         return adapt(self, support, method=method, **options)
 
+    def amortize(self, tasks: TaskSet, **options: Any) -> LearnedPrior:
+        """A copy with a new amortized guide fitted to this model's posterior by simulation (forward KL), θ
+        unchanged: :func:`bayesmeta.amortize` (by default a mixture-of-Gaussians guide, which can follow a
+        curved or multimodal posterior where the ELBO's Gaussian guide cannot)."""
+        from bayesmeta.inference.amortize import amortize
+
+        return amortize(self, tasks, **options)
+
     def to_inference_data(self, **options: Any):
         """θ (draws or point estimates) and the training tasks' posterior as ArviZ ``InferenceData``
         (:func:`bayesmeta.diagnostics.to_inference_data`)."""

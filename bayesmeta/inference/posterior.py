@@ -56,14 +56,16 @@ class Prediction:
 class TaskPosterior:
     r"""The posterior over :math:`\phi` of each task in a support set, under a learned prior.
 
-    Holds either a Gaussian (``amortized``, ``svi``, ``exact``) or draws (``nuts``, kept by chain).
+    Holds either a distribution (a Gaussian for ``amortized``, ``svi``, ``exact``; a mixture of Gaussians from
+    a :class:`~bayesmeta.guides.MixtureGuide`) or draws (``nuts``, ``importance``; kept by chain).
 
     Attributes:
         model: the model with the learned :math:`\theta`.
         support: the support-only :class:`~bayesmeta.TaskSet` it was conditioned on.
         method: how it was computed.
-        distribution: a Gaussian with batch ``T`` and event ``phi_dim`` (``MultivariateNormal``, or a diagonal
-            ``Normal(...).to_event(1)`` for high-dimensional φ), or ``None``.
+        distribution: a distribution with batch ``T`` and event ``phi_dim`` (``MultivariateNormal``, a diagonal
+            ``Normal(...).to_event(1)`` for high-dimensional φ, or a ``MixtureSameFamily`` of diagonal
+            Gaussians), or ``None``.
         draws: ``num_chains x num_samples x T x phi_dim`` posterior draws, or ``None``.
         diagnostics: method-specific extras (e.g. NUTS divergences).
     """
@@ -102,6 +104,12 @@ class TaskPosterior:
         """``T x phi_dim x phi_dim`` posterior covariance."""
         if isinstance(self.distribution, dist.MultivariateNormal):
             return self.distribution.covariance_matrix
+        if isinstance(self.distribution, dist.MixtureSameFamily):  # within-component plus between-component
+            weights = self.distribution.mixture_distribution.probs[..., None]
+            parts = self.distribution.component_distribution
+            centred = parts.mean - self.distribution.mean[..., None, :]
+            within = torch.diag_embed((weights * parts.variance).sum(-2))
+            return within + torch.einsum("tkd,tke->tde", weights * centred, centred)
         if self.distribution is not None:  # a diagonal Gaussian
             return torch.diag_embed(self.distribution.variance)
         flat = self.draws.flatten(0, 1)

@@ -1,0 +1,74 @@
+r"""A set encoder with a mixture-of-Gaussians head: an amortized posterior that can bend and split."""
+from __future__ import annotations
+
+from typing import Any
+
+import pyro.distributions as dist
+import torch
+from torch import Tensor
+
+from bayesmeta.guides.amortized import _mlp
+from bayesmeta.guides.pooled import PooledGuide
+from bayesmeta.model import HierarchicalModel
+from bayesmeta.tasks.taskset import TaskSet
+
+__all__ = ["MixtureGuide"]
+
+
+class MixtureGuide(PooledGuide):
+    r"""The pooled set encoder of :class:`~bayesmeta.guides.PooledGuide` with a ``components``-Gaussian head.
+
+    .. math::
+
+        q(\phi \mid D) = \sum_{k=1}^{K} \pi_k(r)\, \mathcal N\big(\phi;\ m_k(r),\ \operatorname{diag} s_k(r)^2\big),
+        \qquad r = \big(\tfrac1n \textstyle\sum_{j\in D} h(x_j, y_j),\ \log(1+n)\big).
+
+    A single Gaussian cannot follow a posterior that is curved or split — a sinusoid seen at one point
+    is consistent with a ridge of (amplitude, phase) pairs — and a Gaussian fitted by the ELBO
+    (reverse KL) then sits inside one part of it, so its predictions are overconfident. A mixture can
+    cover such a ridge. Mixture draws are not reparameterizable, so this guide is not fitted by the ELBO:
+    :func:`bayesmeta.amortize` fits it by simulation (forward KL) under a prior that ``fit_prior``
+    has already learned, and ``fit_prior(guide="mixture")`` is refused.
+
+    Args:
+        model: the model whose ``"phi"`` site this guide covers.
+        components: mixture components :math:`K`.
+        hidden, depth, reads: as for :class:`~bayesmeta.guides.PooledGuide`.
+
+    >>> from bayesmeta.models import NeuralProcessModel
+    >>> guide = MixtureGuide(NeuralProcessModel(latent_dim=3, hidden=8), components=4, hidden=16)
+    >>> q = guide.posterior(TaskSet.from_arrays(torch.randn(5, 2, 1), torch.randn(5, 2, 1)))
+    >>> q.batch_shape, q.event_shape, q.mixture_distribution.logits.shape
+    (torch.Size([5]), torch.Size([3]), torch.Size([5, 4]))
+    """
+
+    kind = "mixture"
+    #: Fitted by :func:`bayesmeta.amortize` (forward KL), not by the ELBO.
+    elbo_trainable = False
+
+    def __init__(self, model: HierarchicalModel, components: int = 10, hidden: int = 128, depth: int = 3,
+                 reads: str = "all") -> None:
+        if isinstance(components, bool) or not isinstance(components, int) or components < 1:
+            raise ValueError(f"components: expected a positive int, got {components!r}")
+        super().__init__(model, hidden=hidden, depth=depth, reads=reads)
+        self.components = components
+        self.head = _mlp([self.hidden + 1, self.hidden, self.hidden, components * (2 * model.phi_dim + 1)])
+
+    @property
+    def init_args(self) -> dict[str, Any]:
+        return {**super().init_args, "components": self.components}
+
+    def posterior(self, tasks: TaskSet, index: Tensor | None = None) -> dist.MixtureSameFamily:
+        features, _ = self.summary(tasks)
+        out = self.head(features)
+        k, d = self.components, self.model.phi_dim
+        logits = out[..., :k]
+        loc, raw_scale = out[..., k:].unflatten(-1, (k, 2 * d)).chunk(2, -1)
+        scale = torch.nn.functional.softplus(raw_scale) + 1e-4
+        return dist.MixtureSameFamily(dist.Categorical(logits=logits), dist.Normal(loc, scale).to_event(1))
+
+    def forward(self, tasks: TaskSet, subsample_size: int | None = None) -> None:
+        raise ValueError(
+            "guide: 'mixture' is not fitted by the ELBO (its draws are not reparameterizable); fit the prior with "
+            "another guide, then fit a mixture guide to it by simulation: bm.amortize(prior, tasks)"
+        )
