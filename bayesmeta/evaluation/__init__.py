@@ -8,7 +8,15 @@
 from __future__ import annotations
 
 from bayesmeta.evaluation.harness import FLOOR, adapting, bayes_floor, benchmark, plot_benchmark
-from bayesmeta.evaluation.metrics import gaussian_nll, interval_coverage, mse, summarize
+from bayesmeta.evaluation.metrics import (
+    accuracy,
+    categorical_nll,
+    expected_calibration_error,
+    gaussian_nll,
+    interval_coverage,
+    mse,
+    summarize,
+)
 
-__all__ = ["mse", "gaussian_nll", "interval_coverage", "summarize", "benchmark", "adapting", "bayes_floor",
-           "plot_benchmark", "FLOOR"]
+__all__ = ["mse", "gaussian_nll", "interval_coverage", "accuracy", "categorical_nll", "expected_calibration_error",
+           "summarize", "benchmark", "adapting", "bayes_floor", "plot_benchmark", "FLOOR"]

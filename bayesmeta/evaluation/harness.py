@@ -14,7 +14,15 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 import torch
 from torch import Tensor
 
-from bayesmeta.evaluation.metrics import gaussian_nll, interval_coverage, mse, summarize
+from bayesmeta.evaluation.metrics import (
+    accuracy,
+    categorical_nll,
+    expected_calibration_error,
+    gaussian_nll,
+    interval_coverage,
+    mse,
+    summarize,
+)
 from bayesmeta.inference.posterior import Prediction
 from bayesmeta.tasks.taskset import TaskData, TaskSet
 
@@ -27,6 +35,9 @@ __all__ = ["benchmark", "adapting", "bayes_floor", "plot_benchmark", "FLOOR"]
 #: The method name of the Bayes-optimal row.
 FLOOR = "Bayes-optimal"
 _Z90 = 1.6448536269514722
+#: Axis labels of the scored columns (regression: mse, nll, coverage; classification: accuracy, nll, ece).
+_YLABELS = {"mse": "query MSE", "nll": "NLL per point (nats)", "coverage": "interval coverage",
+            "accuracy": "query accuracy", "ece": "expected calibration error"}
 
 
 class adapting:  # noqa: N801 - reads as a phrase: adapting(prior, method="svi")
@@ -91,7 +102,24 @@ def _predict(predictor: Any, x: Tensor, seed: int) -> Prediction:
     return predict(x)
 
 
-def _scores(pred: Prediction, query: TaskData, level: float) -> dict[str, tuple[float, float] | None]:
+def _class_scores(pred: Prediction, query: TaskData, name: str) -> dict[str, tuple[float, float] | None]:
+    if pred.probs is None:
+        raise ValueError(f"benchmark: {name!r} returned no class probabilities on classification tasks; its "
+                         f"predict(x) must return Prediction(mean=probs, probs=probs), probs num_tasks x "
+                         f"num_points x num_classes")
+    labels, mask = query.y, query.mask
+    probs = pred.probs.to(labels.device)
+    return {"accuracy": summarize(accuracy(probs, labels, mask)),
+            "nll": summarize(categorical_nll(probs, labels, mask)),
+            "ece": summarize(expected_calibration_error(probs, labels, mask))}
+
+
+def _scores(pred: Prediction, query: TaskData, level: float, name: str) -> dict[str, tuple[float, float] | None]:
+    if query.is_classification:
+        return _class_scores(pred, query, name)
+    if pred.probs is not None:
+        raise ValueError(f"benchmark: {name!r} returned class probabilities (Prediction.probs) on regression tasks; "
+                         f"score classifiers on tasks with integer labels")
     y, mask = query.y, query.mask
     mean = pred.mean.to(y.device, y.dtype)
     out: dict[str, tuple[float, float] | None] = {"mse": summarize(mse(mean, y, mask)), "nll": None, "coverage": None}
@@ -122,6 +150,11 @@ def benchmark(
     per task (the ``adapt`` call, all tasks at once, divided by their number), the meta-training seconds
     (``learner.config["seconds"]`` where it records one) and the number of tasks.
 
+    On classification tasks (integer query labels) every prediction must carry ``probs``, and the scored
+    columns are instead the accuracy, the categorical NLL per point (nats) and the top-label expected
+    calibration error with 15 bins (:func:`~bayesmeta.evaluation.accuracy`,
+    :func:`~bayesmeta.evaluation.categorical_nll`, :func:`~bayesmeta.evaluation.expected_calibration_error`).
+
     Args:
         learners: name -> learner (``LearnedPrior``, ``adapting(prior, method=...)``, any baseline).
         tasks: held-out tasks with at least ``max(shots)`` support points and some query points each.
@@ -134,7 +167,8 @@ def benchmark(
 
     Returns:
         A ``pandas.DataFrame`` with columns ``method, shots, mse, mse_se, nll, nll_se, coverage, coverage_se,
-        adapt_s_per_task, meta_train_s, tasks``.
+        adapt_s_per_task, meta_train_s, tasks``; for classification tasks ``method, shots, accuracy,
+        accuracy_se, nll, nll_se, ece, ece_se, adapt_s_per_task, meta_train_s, tasks``.
 
     >>> import bayesmeta as bm
     >>> from bayesmeta.models import HierarchicalLinearRegression
@@ -171,15 +205,16 @@ def benchmark(
                     pred = _predict(predictor, tasks.query.x, seed)
             if not torch.isfinite(pred.mean).all():
                 raise FloatingPointError(f"benchmark: {name!r} predicted NaN/Inf at {k} shots")
-            scores = _scores(pred, tasks.query, level)
+            scores = _scores(pred, tasks.query, level, name)
             row = {"method": name, "shots": k}
-            for metric in ("mse", "nll", "coverage"):
-                value = scores[metric]
+            for metric, value in scores.items():
                 row[metric], row[f"{metric}_se"] = value if value is not None else (float("nan"), float("nan"))
             row.update(adapt_s_per_task=seconds / len(tasks), meta_train_s=meta_seconds, tasks=len(tasks))
             rows.append(row)
             if progress:
-                print(f"benchmark: {name} at {k} shots: MSE {row['mse']:.4g} ± {row['mse_se']:.2g}", flush=True)
+                first = next(iter(scores))  # mse, or accuracy for classification
+                print(f"benchmark: {name} at {k} shots: {first.upper() if first == 'mse' else first} "
+                      f"{row[first]:.4g} ± {row[f'{first}_se']:.2g}", flush=True)
     return pd.DataFrame(rows)
 
 
@@ -189,8 +224,9 @@ def plot_benchmark(table: pd.DataFrame, metric: str = "mse", ax: Any = None) -> 
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    if metric not in ("mse", "nll", "coverage"):
-        raise ValueError(f"metric: expected 'mse', 'nll' or 'coverage', got {metric!r}")
+    if metric not in _YLABELS or metric not in table.columns:
+        present = [m for m in _YLABELS if m in table.columns]
+        raise ValueError(f"metric: expected one of the table's scores {present}, got {metric!r}")
     if ax is None:
         figure = Figure(figsize=(5.5, 3.8), layout="constrained")
         FigureCanvasAgg(figure)
@@ -208,6 +244,6 @@ def plot_benchmark(table: pd.DataFrame, metric: str = "mse", ax: Any = None) -> 
     ax.set_xscale("log")
     ax.set_xticks(sorted(table["shots"].unique()), labels=[str(k) for k in sorted(table["shots"].unique())])
     ax.set_xlabel("shots (support points per task)")
-    ax.set_ylabel({"mse": "query MSE", "nll": "NLL per point (nats)", "coverage": "interval coverage"}[metric])
+    ax.set_ylabel(_YLABELS[metric])
     ax.legend(fontsize="small")
     return figure

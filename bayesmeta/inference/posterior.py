@@ -34,15 +34,19 @@ class Prediction:
     r"""Predictive distribution at query inputs.
 
     Attributes:
-        mean: ``T x N x y_dim`` predictive mean.
+        mean: ``T x N x y_dim`` predictive mean. For a classifier, the ``T x N x C`` class probabilities, the
+            same tensor as ``probs``.
         std: ``T x N x y_dim`` predictive standard deviation (noise and parameter uncertainty); ``None`` for a
             point predictor (e.g. MAML).
         samples: ``S x T x N x y_dim`` draws of ``y`` from the posterior predictive.
+        probs: ``T x N x C`` predictive class probabilities (each row sums to 1); set by classifiers and
+            required by :func:`~bayesmeta.evaluation.benchmark` on classification tasks, ``None`` for regression.
     """
 
     mean: Tensor
     std: Tensor | None = None
     samples: Tensor | None = None
+    probs: Tensor | None = None
 
     def interval(self, level: float = 0.9) -> tuple[Tensor, Tensor]:
         """Central ``level`` interval from the samples (empirical quantiles)."""

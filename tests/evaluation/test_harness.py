@@ -7,7 +7,17 @@ import pytest
 import torch
 
 import bayesmeta as bm
-from bayesmeta.evaluation import FLOOR, adapting, benchmark, mse, plot_benchmark, summarize
+from bayesmeta.evaluation import (
+    FLOOR,
+    accuracy,
+    adapting,
+    benchmark,
+    categorical_nll,
+    expected_calibration_error,
+    mse,
+    plot_benchmark,
+    summarize,
+)
 from bayesmeta.models import HierarchicalLinearRegression
 
 
@@ -83,3 +93,63 @@ def test_bad_arguments_are_named(linear):
         benchmark({"p": prior}, test, shots=1, floor=bm.tasks.LinearGaussian(x_dim=1))
     with pytest.raises(ValueError, match="metric"):
         plot_benchmark(benchmark({"p": prior}, test, shots=1, progress=False), metric="r2")
+
+
+class SoftmaxClassifier:
+    """Class probabilities from fixed logits of x; ``with_probs=False`` forgets to set ``Prediction.probs``."""
+
+    def __init__(self, with_probs=True):
+        self.with_probs = with_probs
+
+    @staticmethod
+    def probs(x):
+        return torch.softmax(x[..., :1] * torch.tensor([2.0, -1.0, 0.5]), dim=-1)
+
+    def adapt(self, support):
+        learner = self
+
+        class Predictor:
+            def predict(self, x):
+                probs = learner.probs(x)
+                return bm.Prediction(mean=probs, probs=probs if learner.with_probs else None)
+        return Predictor()
+
+
+@pytest.fixture
+def classes():
+    """6 tasks, 3 classes, 4 support labels each, 8 query labels with ragged query sets."""
+    gen = torch.Generator().manual_seed(0)
+    query_x = torch.randn(6, 8, 2, generator=gen)
+    query_y = torch.randint(0, 3, (6, 8), generator=gen)
+    query_mask = torch.arange(8) < torch.tensor([8, 5, 3, 8, 6, 2])[:, None]
+    return bm.TaskSet.from_arrays(torch.randn(6, 4, 2, generator=gen), torch.randint(0, 3, (6, 4), generator=gen),
+                                  query_x, query_y, query_mask=query_mask)
+
+
+def test_classification_columns_match_the_metric_functions(classes):
+    assert classes.query.is_classification
+    table = benchmark({"softmax": SoftmaxClassifier()}, classes, shots=(1, 4), progress=False)
+    assert list(table.columns) == ["method", "shots", "accuracy", "accuracy_se", "nll", "nll_se", "ece", "ece_se",
+                                   "adapt_s_per_task", "meta_train_s", "tasks"]
+    assert table[["method", "shots"]].values.tolist() == [["softmax", 1], ["softmax", 4]]
+    probs, labels, mask = SoftmaxClassifier.probs(classes.query.x), classes.query.y, classes.query.mask
+    for metric, column in [(accuracy, "accuracy"), (categorical_nll, "nll"), (expected_calibration_error, "ece")]:
+        mean, se = summarize(metric(probs, labels, mask))
+        assert table[column].tolist() == pytest.approx([mean] * 2, rel=1e-6), column
+        assert table[f"{column}_se"].tolist() == pytest.approx([se] * 2, rel=1e-6), column
+    assert (table.tasks == 6).all() and 0 < table.accuracy.iloc[0] < 1 and table.ece.iloc[0] > 0
+    figure = plot_benchmark(table, metric="accuracy")
+    assert figure.axes[0].get_ylabel() == "query accuracy"
+    with pytest.raises(ValueError, match=r"metric: expected one of the table's scores \['nll', 'accuracy', 'ece'\]"):
+        plot_benchmark(table, metric="mse")
+
+
+def test_classification_without_probs_is_an_error(classes):
+    with pytest.raises(ValueError, match=r"benchmark: 'forgetful' returned no class probabilities"):
+        benchmark({"forgetful": SoftmaxClassifier(with_probs=False)}, classes, shots=1, progress=False)
+
+
+def test_probs_on_regression_tasks_is_an_error():
+    tasks = bm.tasks.LinearGaussian(x_dim=1, seed=0).sample(4, 3, 5, seed=0)
+    with pytest.raises(ValueError, match=r"benchmark: 'softmax' returned class probabilities .* on regression tasks"):
+        benchmark({"softmax": SoftmaxClassifier()}, tasks, shots=1, progress=False)
