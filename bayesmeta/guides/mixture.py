@@ -33,6 +33,8 @@ class MixtureGuide(PooledGuide):
     Args:
         model: the model whose ``"phi"`` site this guide covers.
         components: mixture components :math:`K`.
+        covariance: ``"diagonal"`` (default) or ``"full"`` (a Cholesky factor per component,
+            :math:`D(D-1)/2` more outputs each: for low-dimensional φ, where a thin posterior lies across the axes).
         hidden, depth, reads: as for :class:`~bayesmeta.guides.PooledGuide`.
 
     >>> from bayesmeta.models import NeuralProcessModel
@@ -46,26 +48,38 @@ class MixtureGuide(PooledGuide):
     #: Fitted by :func:`bayesmeta.amortize` (forward KL), not by the ELBO.
     elbo_trainable = False
 
-    def __init__(self, model: HierarchicalModel, components: int = 10, hidden: int = 128, depth: int = 3,
-                 reads: str = "all") -> None:
+    def __init__(self, model: HierarchicalModel, components: int = 10, covariance: str = "diagonal", hidden: int = 128,
+                 depth: int = 3, reads: str = "all") -> None:
         if isinstance(components, bool) or not isinstance(components, int) or components < 1:
             raise ValueError(f"components: expected a positive int, got {components!r}")
+        if covariance not in ("diagonal", "full"):
+            raise ValueError(f"covariance: expected 'diagonal' or 'full', got {covariance!r}")
         super().__init__(model, hidden=hidden, depth=depth, reads=reads)
-        self.components = components
-        self.head = _mlp([self.hidden + 1, self.hidden, self.hidden, components * (2 * model.phi_dim + 1)])
+        self.components, self.covariance = components, covariance
+        d = model.phi_dim
+        self._off_diagonal = d * (d - 1) // 2 if covariance == "full" else 0
+        self.head = _mlp([self.hidden + 1, self.hidden, self.hidden, components * (2 * d + 1 + self._off_diagonal)])
 
     @property
     def init_args(self) -> dict[str, Any]:
-        return {**super().init_args, "components": self.components}
+        return {**super().init_args, "components": self.components, "covariance": self.covariance}
 
     def posterior(self, tasks: TaskSet, index: Tensor | None = None) -> dist.MixtureSameFamily:
         features, _ = self.summary(tasks)
         out = self.head(features)
         k, d = self.components, self.model.phi_dim
         logits = out[..., :k]
-        loc, raw_scale = out[..., k:].unflatten(-1, (k, 2 * d)).chunk(2, -1)
+        params = out[..., k:].unflatten(-1, (k, 2 * d + self._off_diagonal))
+        loc, raw_scale, lower = params[..., :d], params[..., d:2 * d], params[..., 2 * d:]
         scale = torch.nn.functional.softplus(raw_scale) + 1e-4
-        return dist.MixtureSameFamily(dist.Categorical(logits=logits), dist.Normal(loc, scale).to_event(1))
+        if self.covariance == "diagonal":
+            parts = dist.Normal(loc, scale).to_event(1)
+        else:  # scale_tril: the positive diagonal, and the strictly lower triangle read from the head
+            rows, cols = torch.tril_indices(d, d, -1, device=out.device)
+            strict = scale.new_zeros(*scale.shape, d)
+            strict[..., rows, cols] = lower
+            parts = dist.MultivariateNormal(loc, scale_tril=strict + torch.diag_embed(scale))
+        return dist.MixtureSameFamily(dist.Categorical(logits=logits), parts)
 
     def forward(self, tasks: TaskSet, subsample_size: int | None = None) -> None:
         raise ValueError(

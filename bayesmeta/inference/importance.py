@@ -36,8 +36,7 @@ __all__ = ["adapt_importance"]
 
 def _widened(q: dist.Distribution, widen: float) -> dist.Distribution:
     if isinstance(q, dist.MixtureSameFamily):  # a mixture guide: widen each component
-        parts = q.component_distribution
-        return dist.MixtureSameFamily(q.mixture_distribution, dist.Normal(parts.mean, parts.stddev * widen).to_event(1))
+        return dist.MixtureSameFamily(q.mixture_distribution, _widened(q.component_distribution, widen))
     if isinstance(q, dist.MultivariateNormal):
         return dist.MultivariateNormal(q.loc, scale_tril=q.scale_tril * widen)
     return dist.Normal(q.mean, q.stddev * widen).to_event(1)
@@ -104,9 +103,8 @@ def adapt_importance(
 
 def _task_rows(q: dist.Distribution, rows: slice) -> dist.Distribution:
     if isinstance(q, dist.MixtureSameFamily):
-        parts = q.component_distribution
         return dist.MixtureSameFamily(dist.Categorical(logits=q.mixture_distribution.logits[rows]),
-                                      dist.Normal(parts.mean[rows], parts.stddev[rows]).to_event(1))
+                                      _task_rows(q.component_distribution, rows))
     if isinstance(q, dist.MultivariateNormal):
         return dist.MultivariateNormal(q.loc[rows], scale_tril=q.scale_tril[rows])
     return dist.Normal(q.mean[rows], q.stddev[rows]).to_event(1)

@@ -112,7 +112,10 @@ class TaskPosterior:
             weights = self.distribution.mixture_distribution.probs[..., None]
             parts = self.distribution.component_distribution
             centred = parts.mean - self.distribution.mean[..., None, :]
-            within = torch.diag_embed((weights * parts.variance).sum(-2))
+            if isinstance(parts, dist.MultivariateNormal):
+                within = (weights[..., None] * parts.covariance_matrix).sum(-3)
+            else:
+                within = torch.diag_embed((weights * parts.variance).sum(-2))
             return within + torch.einsum("tkd,tke->tde", weights * centred, centred)
         if self.distribution is not None:  # a diagonal Gaussian
             return torch.diag_embed(self.distribution.variance)

@@ -99,10 +99,13 @@ def test_simulated_tasks_keep_random_subsets_of_the_inputs():
     assert (sim.support.y[~kept] == 0).all() and (sim.support.x[~kept] == 0).all()
 
 
-def test_mixture_moments():
+@pytest.mark.parametrize("full", [False, True])
+def test_mixture_moments(full):
     torch.manual_seed(0)
-    q = dist.MixtureSameFamily(dist.Categorical(logits=torch.randn(4, 3)),
-                               dist.Normal(torch.randn(4, 3, 2), torch.rand(4, 3, 2) + 0.2).to_event(1))
+    loc, scale = torch.randn(4, 3, 2), torch.rand(4, 3, 2) + 0.2
+    parts = (dist.MultivariateNormal(loc, scale_tril=torch.diag_embed(scale) + torch.tensor([[0.0, 0.0], [0.7, 0.0]]))
+             if full else dist.Normal(loc, scale).to_event(1))
+    q = dist.MixtureSameFamily(dist.Categorical(logits=torch.randn(4, 3)), parts)
     support = bm.TaskSet.from_arrays(torch.zeros(4, 1, 1), torch.zeros(4, 1, 1))
     post = bm.TaskPosterior(HierarchicalLinearRegression(x_dim=1), support, "amortized", distribution=q)
     draws = post.sample(200000, seed=0)
@@ -111,6 +114,18 @@ def test_mixture_moments():
     # 200000 draws: the sample covariance's entries are within about 0.01 of the truth at these scales.
     assert torch.allclose(empirical, post.covariance, atol=0.03)
     assert torch.allclose(draws.mean(0), post.mean, atol=0.02)
+
+
+def test_full_covariance_components():
+    model = HierarchicalLinearRegression(x_dim=2)  # phi_dim 3
+    guide = MixtureGuide(model, components=4, covariance="full", hidden=8)
+    q = guide.posterior(bm.TaskSet.from_arrays(torch.randn(5, 2, 2), torch.randn(5, 2, 1)))
+    tril = q.component_distribution.scale_tril
+    assert tril.shape == (5, 4, 3, 3) and (tril.triu(1) == 0).all() and (tril.diagonal(dim1=-2, dim2=-1) > 0).all()
+    assert (tril.tril(-1) != 0).any()  # the off-diagonal is read from the head
+    assert guide.init_args["covariance"] == "full"
+    with pytest.raises(ValueError, match="covariance: expected 'diagonal' or 'full'"):
+        MixtureGuide(model, covariance="dense")
 
 
 def test_adapt_methods_accept_a_mixture_guide(linear, tmp_path):
