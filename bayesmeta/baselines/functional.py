@@ -222,7 +222,22 @@ def sample_batch(generator: torch.Generator, num_tasks: int, batch_tasks: int, k
     """
     if keep_order and batch_tasks >= num_tasks:
         return torch.arange(num_tasks)
-    return torch.randperm(num_tasks, generator=generator)[:batch_tasks]
+    if num_tasks <= _PERMUTE_UP_TO or 2 * batch_tasks >= num_tasks:
+        return torch.randperm(num_tasks, generator=generator)[:batch_tasks]
+    # A large pool (fresh tasks for every meta-batch, say): a permutation per step would cost O(num_tasks);
+    # draw with replacement and redraw the repeats, O(batch_tasks), the same distribution.
+    chosen = torch.randint(num_tasks, (batch_tasks,), generator=generator)
+    while True:
+        repeated = torch.zeros(batch_tasks, dtype=torch.bool)
+        order = chosen.argsort(stable=True)
+        repeated[order[1:]] = chosen[order[1:]] == chosen[order[:-1]]
+        if not repeated.any():
+            return chosen
+        chosen[repeated] = torch.randint(num_tasks, (int(repeated.sum()),), generator=generator)
+
+
+#: Up to this many tasks a meta-batch is the head of a fresh permutation (the seeded streams of earlier runs).
+_PERMUTE_UP_TO = 2**16
 
 
 FINITE_LOSS = "{name}: expected a finite loss, got {value} at step {step}; lower lr (got {lr}) or check the tasks " \

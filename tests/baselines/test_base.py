@@ -51,3 +51,20 @@ def test_nan_padding_changes_nothing_and_bad_queries_are_named(tasks, make):
         adapted.predict(tasks.query.x.long())
     with pytest.raises(TypeError, match="x: expected a tensor"):
         adapted.predict(tasks.query.x.tolist())
+
+
+def test_meta_batches_from_a_large_pool_are_distinct_and_uniform():
+    """Above 2**16 tasks a batch is drawn in O(batch) (no permutation of the pool): still distinct, still uniform."""
+    from bayesmeta.baselines.functional import sample_batch
+
+    generator = torch.Generator().manual_seed(0)
+    pool, batch, draws = 100_000, 25, 4000
+    batches = torch.stack([sample_batch(generator, pool, batch) for _ in range(draws)])
+    assert all(len(set(row.tolist())) == batch for row in batches)
+    assert int(batches.min()) >= 0 and int(batches.max()) < pool
+    # Tasks fall in 10 equal ranges with probability 1/10 each: counts of 100000 draws, sd about 95.
+    counts = torch.bincount(batches.flatten() // (pool // 10), minlength=10).double()
+    assert ((counts - draws * batch / 10).abs() < 5 * (draws * batch * 0.1 * 0.9) ** 0.5).all()
+    # Large batches too (a third of the pool: redraws; most of the pool: a permutation).
+    assert len(set(sample_batch(generator, 90_000, 30_000).tolist())) == 30_000
+    assert len(set(sample_batch(generator, 70_000, 69_999).tolist())) == 69_999
