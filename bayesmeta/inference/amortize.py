@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from bayesmeta.guides import TaskGuide, make_guide
 from bayesmeta.guides.base import theta_fixed
 from bayesmeta.inference.checks import check_positive, check_tasks
+from bayesmeta.inference.fit import random_point_subsets
 from bayesmeta.inference.learned_prior import LearnedPrior
 from bayesmeta.tasks.taskset import TaskData, TaskSet
 
@@ -46,18 +47,9 @@ def simulate_tasks(prior: LearnedPrior, inputs: TaskData, generator: torch.Gener
     with torch.no_grad(), theta_fixed(model, prior.guide.theta_point() if prior.guide is not None else {}):
         phi = model.local_prior().sample((inputs.x.shape[0],))
         y = model.likelihood(phi, inputs.x).sample()
-    mask = inputs.mask
-    rand = torch.rand(mask.shape, generator=generator, device=mask.device, dtype=inputs.x.dtype)
-    ranks = rand.masked_fill(~mask, 2.0).argsort(1).argsort(1)
-    counts = mask.sum(1)
-    low = min(min_points, int(counts.min()))
-    unit = torch.rand(counts.shape, generator=generator, device=mask.device, dtype=inputs.x.dtype)
-    sizes = low + (unit * (counts - low + 1)).long().clamp(max=counts - low)
-    keep = (ranks < sizes[:, None]) & mask
-    y_keep = keep[..., None] if y.dim() == 3 else keep
-    support = TaskData(inputs.x * keep[..., None], torch.where(y_keep, y, torch.zeros_like(y)), keep)
-    query = TaskData(inputs.x[:, :0], y[:, :0], keep[:, :0])
-    return phi, TaskSet._trusted(support, query, None, None)
+    simulated = TaskData(inputs.x, y, inputs.mask)
+    empty = TaskData(inputs.x[:, :0], y[:, :0], inputs.mask[:, :0])
+    return phi, random_point_subsets(TaskSet._trusted(simulated, empty, None, None), min_points, generator)
 
 
 def amortize(

@@ -268,17 +268,20 @@ class _RandomSubsets:
         return self._last[1]
 
 
-def random_point_subsets(tasks: TaskSet) -> TaskSet:
-    """Keep, in each task, a uniformly random subset of its points whose size is uniform on 1..(its count).
+def random_point_subsets(tasks: TaskSet, min_points: int = 1, generator: torch.Generator | None = None) -> TaskSet:
+    """Keep, in each task, a uniformly random subset of its points whose size is uniform on
+    ``min_points``..(its count) (the count itself where it is smaller).
 
     Dropped points are masked and zeroed (the padding convention); tasks with no points stay empty.
     """
     support, query = tasks.support, tasks.query
     mask = torch.cat([support.mask, query.mask], 1)
-    keys = torch.rand(mask.shape, device=mask.device).masked_fill(~mask, 2.0)
+    keys = torch.rand(mask.shape, generator=generator, device=mask.device).masked_fill(~mask, 2.0)
     ranks = keys.argsort(1).argsort(1)
     counts = mask.sum(1)
-    sizes = (torch.rand(counts.shape, device=mask.device) * counts).long() + 1
+    low = counts.clamp(max=min_points)
+    unit = torch.rand(counts.shape, generator=generator, device=mask.device)
+    sizes = low + (unit * (counts - low + 1)).long().clamp(max=counts - low)
     keep = (ranks < sizes[:, None]) & mask
     sides = []
     for side, side_keep in zip((support, query), keep.split([support.num_points, query.num_points], 1)):

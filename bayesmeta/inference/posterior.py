@@ -68,8 +68,7 @@ class TaskPosterior:
         support: the support-only :class:`~bayesmeta.TaskSet` it was conditioned on.
         method: how it was computed.
         distribution: a distribution with batch ``T`` and event ``phi_dim`` (``MultivariateNormal``, a diagonal
-            ``Normal(...).to_event(1)`` for high-dimensional φ, or a ``MixtureSameFamily`` of diagonal
-            Gaussians), or ``None``.
+            ``Normal(...).to_event(1)`` for high-dimensional φ, or a ``MixtureSameFamily`` of either), or ``None``.
         draws: ``num_chains x num_samples x T x phi_dim`` posterior draws, or ``None``.
         diagnostics: method-specific extras (e.g. NUTS divergences).
     """
