@@ -14,6 +14,10 @@ TORCH ?= torch==2.13.0
 # `make test OMP_NUM_THREADS=2`, or by setting it in the environment.
 OMP_NUM_THREADS ?= 1
 export OMP_NUM_THREADS
+# pytest-xdist workers for `make test`, one per core of the 2-core machine CI runs on; each test file stays
+# in one worker (--dist loadfile) so that module fixtures (fitted priors) are built once. `make test JOBS=0`
+# runs everything in one process.
+JOBS ?= 2
 VENV := .venv
 STAMP := $(VENV)/.installed
 
@@ -28,7 +32,7 @@ $(STAMP): pyproject.toml
 	touch $@
 
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest -q
+	$(VENV)/bin/python -m pytest -q -n $(JOBS) --dist loadfile
 
 demo: $(STAMP)
 	$(VENV)/bin/bayesmeta demo
