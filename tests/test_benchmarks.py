@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
     ("bnn_budget.py", "# HierarchicalBNN: 5-shot MSE against the meta-training budget"),
     ("maml_speed.py", "# MAML meta-training speed"),
     ("results.py", "# Results: MAML baselines and the lecture's fine-tuning claims"),
+    ("maml_seeds.py", "# MAML on sinusoids: the spread between training runs"),
 ])
 def test_quick_run_prints_its_page(script, title):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
