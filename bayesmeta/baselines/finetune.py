@@ -194,9 +194,10 @@ class FineTune(Baseline):
         start, T = self._start(), support.num_tasks
         hp = self._hyper(T, self.lr, self.layer_lr_decay, self.steps)
         extras: dict[str, Any] = {}
-        if self.cv_grid is not None:
-            hp, extras["cv"] = self._cross_validate(start, support)
-        params, _ = self._tune(tile(start, T, copy=True), support, hp)
+        with torch.enable_grad():  # fine-tuning differentiates even when the caller is under torch.no_grad()
+            if self.cv_grid is not None:
+                hp, extras["cv"] = self._cross_validate(start, support)
+            params, _ = self._tune(tile(start, T, copy=True), support, hp)
         extras["params"] = params
         return Adapted(support, predictor(self.net, params), time.perf_counter() - start_time, extras)
 

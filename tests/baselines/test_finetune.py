@@ -203,6 +203,15 @@ def test_deterministic_given_seed(train, ragged):
     assert not torch.allclose(a, c)
 
 
+def test_adapt_works_under_no_grad(train, ragged):
+    """Evaluation code wraps prediction in torch.no_grad(); fine-tuning (and its CV search) still differentiates."""
+    ft = _fitted(train, cv_grid={"lr": [0.01, 0.1]})
+    expected = ft.adapt(ragged).predict(ragged.x).mean
+    with torch.no_grad():
+        got = ft.adapt(ragged).predict(ragged.x).mean
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
 def test_device_follows_meta_fit(train, ragged, device):
     """Fit and adapt on ``device`` (CUDA when present); the same numbers as on the CPU up to float rounding."""
     options = {"optimizer": "adam", "reinit_head": True, "lp_ft": 2, "cv_grid": {"lr": [0.01, 0.1]}}
