@@ -26,9 +26,9 @@ import torch  # noqa: E402
 
 import bayesmeta as bm  # noqa: E402
 from _report import fmt, log, one_thread_machine, page_args, page_header, publish, table, utc_now  # noqa: E402
-from _results_maml import INNER_LR, META_BATCH, META_LR  # noqa: E402
+from _results_maml import INNER_LR, META_BATCH, META_LR, Z95, ci95  # noqa: E402
 from bayesmeta.baselines import MAML, maml_net  # noqa: E402
-from bayesmeta.evaluation.metrics import mse, summarize  # noqa: E402
+from bayesmeta.evaluation.metrics import mse  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -41,7 +41,6 @@ PUBLISHED = [
     ("learn2learn 0.2.0, 70,000 iterations", 5, 10, 0.296, 0.030),
     ("learn2learn 0.2.0, 70,000 iterations", 10, 1, 0.313, 0.022),
 ]
-Z95 = 1.959963984540054
 #: A task's query MSE above this counts as diverged: predicting 0 everywhere scores A²/2 ≤ 12.5 on these tasks.
 DIVERGED = 100.0
 POOL_SEED = 100  # training collections are sampled with seed POOL_SEED + run, never the test tasks' seed 1
@@ -73,8 +72,7 @@ def scores(maml: MAML, test: bm.TaskSet, steps: Sequence[int]) -> dict[int, tupl
             values = mse(maml.adapt(test.support, inner_steps=n).predict(test.query.x).mean, test.query.y,
                          test.query.mask)
         finite = values.isfinite() & (values <= DIVERGED)
-        mean, se = summarize(values[finite])
-        out[n] = (mean, Z95 * se, int((~finite).sum()))
+        out[n] = (*ci95(values[finite]), int((~finite).sum()))
     return out
 
 
