@@ -61,3 +61,68 @@ def test_it_learns_to_use_its_latent(tmp_path, guide, options):
     before = prior.adapt(test.support).predict(test.query.x, num_samples=5, seed=1)
     after = loaded.adapt(test.support).predict(test.query.x, num_samples=5, seed=1)
     assert torch.equal(before.mean, after.mean)
+
+
+def test_bad_noise_arguments_are_named():
+    with pytest.raises(ValueError, match="noise: expected 'shared' or 'heteroscedastic', got 'poisson'"):
+        NeuralProcessModel(noise="poisson")
+    with pytest.raises(ValueError, match="noise_floor: expected a finite number > 0, got 0"):
+        NeuralProcessModel(noise_floor=0)
+
+
+def test_heteroscedastic_scale_is_floored_and_depends_on_input_and_latent():
+    model = NeuralProcessModel(latent_dim=2, hidden=8, noise="heteroscedastic", noise_floor=0.05)
+    assert not hasattr(model, "noise_scale")  # no shared scale: the decoder gives it
+    phi, x = torch.randn(6, 3, 2), torch.linspace(-2, 2, 12).reshape(3, 4, 1)
+    likelihood = model.likelihood(phi, x)
+    scale = likelihood.base_dist.scale
+    assert scale.shape == likelihood.mean.shape == (6, 3, 4, 1)
+    assert scale.min() > 0.05
+    assert scale[0, 0].std() > 0 and scale[:, 0, 0].std() > 0  # varies with the input and with the latent
+    one = model.likelihood(phi[2, 1][None], x[1][None]).base_dist.scale  # one particle, one task
+    torch.testing.assert_close(scale[2, 1], one[0])
+
+
+@pytest.mark.slow
+def test_heteroscedastic_model_learns_a_noise_that_grows_with_x(tmp_path):
+    """y_ij = b_i + s(x_ij) eps with s(x) = 0.05 + 0.5 |x|: a shared scale cannot fit this, a scale per input can.
+
+    With 10 support points the posterior of b_i has sd below 0.1 of the noise at the ends, so the predictive sd
+    there is the noise (0.95 at |x| = 1.8) and at x = 0 it is at most sqrt(0.05^2 + posterior var) < 0.35.
+    """
+    gen = torch.Generator().manual_seed(0)
+    num_tasks, n = 1500, 20
+    x = 4 * torch.rand(num_tasks, n, 1, generator=gen) - 2
+    y = torch.randn(num_tasks, 1, 1, generator=gen) + (0.05 + 0.5 * x.abs()) * torch.randn(num_tasks, n, 1, generator=gen)
+    train = bm.TaskSet.from_arrays(x[:1400, :10], y[:1400, :10], x[:1400, 10:], y[:1400, 10:])
+    test = bm.TaskSet.from_arrays(x[1400:, :10], y[1400:, :10])
+    model = NeuralProcessModel(latent_dim=2, hidden=32, depth=2, noise="heteroscedastic")
+    prior = bm.fit_prior(model, train, guide="pooled", steps=800, batch_tasks=64, lr=3e-3, seed=0, progress=False,
+                         guide_options={"hidden": 32, "depth": 2})
+    grid = torch.tensor([-1.8, 0.0, 1.8]).expand(len(test), 3)[..., None]
+    std = prior.adapt(test.support).predict(grid, num_samples=50, seed=0).std[..., 0].mean(0)  # mean over tasks
+    assert std[1] < 0.35 and std[0] > 0.7 and std[2] > 0.7, std
+    prior.save(tmp_path / "het.prior")
+    loaded = bm.LearnedPrior.load(tmp_path / "het.prior")
+    assert loaded.model.noise == "heteroscedastic"
+    again = loaded.adapt(test.support).predict(grid, num_samples=50, seed=0).std[..., 0].mean(0)
+    torch.testing.assert_close(again, std)
+
+
+@pytest.mark.parametrize("noise", ["shared", "heteroscedastic"])
+def test_set_noise_holds_the_scale_through_a_fit(noise):
+    model = NeuralProcessModel(latent_dim=2, hidden=8, depth=1, noise=noise)
+    model.set_noise(0.15)
+    phi, x = torch.randn(4, 3, 2), torch.randn(3, 5, 1)
+    torch.testing.assert_close(model.likelihood(phi, x).base_dist.scale.expand(4, 3, 5, 1),
+                               torch.full((4, 3, 5, 1), 0.15))
+    tasks = bm.tasks.Sinusoid().sample(num_tasks=32, support=5, query=5, seed=0)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    bm.fit_prior(model, tasks, guide="pooled", steps=5, batch_tasks=8, lr=1e-2, fixed=model.noise_parameters,
+                 progress=False, guide_options={"hidden": 8})
+    after = dict(model.named_parameters())
+    for name in before:
+        held = name in model.noise_parameters or name == "noise_scale_unconstrained"  # a PyroParam's stored name
+        assert torch.equal(before[name], after[name].detach()) == held, name
+    with pytest.raises(ValueError, match="scale: expected a finite number above noise_floor=0.01, got 0.005"):
+        model.set_noise(0.005)
