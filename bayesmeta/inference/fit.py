@@ -6,6 +6,7 @@ import time
 from typing import Any, Sequence
 
 import pyro
+import pyro.distributions as dist
 import torch
 from pyro.infer import Trace_ELBO
 from pyro.poutine.messenger import Messenger
@@ -15,7 +16,7 @@ from bayesmeta.guides import TaskGuide, make_guide
 from bayesmeta.guides.base import theta_fixed
 from bayesmeta.inference.checks import check_model, check_positive, check_tasks
 from bayesmeta.inference.learned_prior import LearnedPrior
-from bayesmeta.model import HierarchicalModel
+from bayesmeta.model import TASKS_DIM, HierarchicalModel
 from bayesmeta.tasks.taskset import TaskData, TaskSet
 
 __all__ = ["fit_prior", "NonFiniteLossError"]
@@ -44,6 +45,7 @@ def fit_prior(
     progress: bool = True,
     guide_options: dict[str, Any] | None = None,
     kl_anneal_steps: int = 0,
+    free_bits: float = 0.0,
     record_every: int = 50,
     random_subsets: bool = False,
     fixed: Sequence[str] = (),
@@ -84,6 +86,15 @@ def fit_prior(
             (0: no annealing). Both the model's and the guide's ``"phi"`` sites are scaled by β, so the
             objective is :math:`\mathbb E_q[\log p(D\mid\phi)] - \beta\,\mathrm{KL}(q\,\|\,p_\theta)`:
             the guard against latent collapse in amortized latent-variable models (Bowman et al. 2016).
+        free_bits: nats per coordinate of φ: with ``free_bits > 0`` the KL term of the objective is
+            :math:`\sum_d \max\big(\lambda,\ \overline{\mathrm{KL}}_d\big)`, summed over the tasks, where
+            :math:`\overline{\mathrm{KL}}_d` is the minibatch mean of the closed-form KL between coordinate
+            :math:`d` of :math:`q(\phi_i)` and of :math:`p_\theta(\phi)` (free bits, Kingma et al. 2016): a
+            coordinate that carries less than :math:`\lambda` nats costs nothing more, so the objective gains
+            nothing by collapsing it, the other guard against latent collapse. The KL is then computed in
+            closed form rather than from the draw of φ, which needs a diagonal Gaussian guide (``"pooled"``,
+            ``"gradient"``) and prior; with ``kl_anneal_steps`` the term is weighted by β as well. The objective
+            is no longer the ELBO (it is below it): fit with it, then continue without it to finish on the ELBO.
         record_every: every this many steps (and at the last), record in ``history["kl_per_dim"]`` the
             mean over (up to 256 of) the training tasks of the KL between each coordinate's marginals
             of :math:`q(\phi_i)` and :math:`p_\theta(\phi)`, nats; a coordinate stuck near 0 is one the
@@ -148,6 +159,8 @@ def fit_prior(
     if isinstance(kl_anneal_steps, bool) or not isinstance(kl_anneal_steps, int) or kl_anneal_steps < 0:
         raise ValueError(f"kl_anneal_steps: expected a non-negative int, got {kl_anneal_steps!r}")
     check_positive(record_every, "record_every", integer=True)
+    if isinstance(free_bits, bool) or not isinstance(free_bits, (int, float)) or not 0 <= free_bits < math.inf:
+        raise ValueError(f"free_bits: expected a finite number of nats >= 0, got {free_bits!r}")
     if not isinstance(random_subsets, bool):
         raise ValueError(f"random_subsets: expected True or False, got {random_subsets!r}")
 
@@ -163,6 +176,8 @@ def fit_prior(
             f"with guide='pooled' (or another), then bm.amortize(prior, tasks, guide={guide.kind!r})"
         )
     subsample = None if batch_tasks >= len(tasks) else batch_tasks
+    if free_bits:
+        check_diagonal_gaussian(model, guide, tasks)
 
     elbo = Trace_ELBO(num_particles=num_particles, vectorize_particles=num_particles > 1, max_plate_nesting=2)
     loss_fn = elbo(model, guide)
@@ -173,7 +188,8 @@ def fit_prior(
     config = {
         "guide": guide.kind, "steps": steps, "batch_tasks": batch_tasks, "lr": lr, "lr_decay": lr_decay,
         "num_particles": num_particles, "clip_norm": clip_norm, "device": str(device), "seed": seed,
-        "num_tasks": len(tasks), "kl_anneal_steps": kl_anneal_steps, "random_subsets": random_subsets,
+        "num_tasks": len(tasks), "kl_anneal_steps": kl_anneal_steps, "free_bits": free_bits,
+        "random_subsets": random_subsets,
         "fixed": list(fixed), "method": "svi",
     }
     history: dict[str, list] = {"elbo": [], "kl_step": [], "kl_per_dim": []}
@@ -188,8 +204,14 @@ def fit_prior(
         optimizer.zero_grad(set_to_none=True)
         beta = min(1.0, step / kl_anneal_steps) if kl_anneal_steps else 1.0
         try:
-            with _ScaleSite("phi", beta):
-                loss = loss_fn(_RandomSubsets(tasks) if random_subsets else tasks, subsample)
+            batch = _RandomSubsets(tasks) if random_subsets else tasks
+            if free_bits:
+                with _ClosedFormKL("phi") as kl_term:
+                    loss = loss_fn(batch, subsample)
+                loss = loss + beta * kl_term.free_bits(free_bits)
+            else:
+                with _ScaleSite("phi", beta):
+                    loss = loss_fn(batch, subsample)
         except ValueError as error:
             # Distribution validation is where a NaN parameter usually surfaces first in Pyro.
             if "invalid values" not in str(error):
@@ -300,6 +322,59 @@ class _ScaleSite(Messenger):
     def _process_message(self, msg: dict) -> None:
         if msg["name"] == self.name and self.scale != 1.0:
             msg["scale"] = msg["scale"] * self.scale
+
+
+class _ClosedFormKL(Messenger):
+    r"""Take the Monte Carlo KL of one site out of Pyro's ELBO, and give it back in closed form with free bits.
+
+    Its log-densities are scaled by 0 in guide and model alike (the draw still reaches the likelihood); each
+    (guide, model) pair of distributions is kept, in the order ``Trace_ELBO`` runs them (the guide, then the
+    model replayed on its draws), with the site's scale (the ``"tasks"`` plate's ``N / batch``).
+    """
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.name, self.fns, self.scales = name, [], []
+
+    def _process_message(self, msg: dict) -> None:
+        if msg["name"] == self.name:
+            self.fns.append(msg["fn"])
+            self.scales.append(msg["scale"])
+            msg["scale"] = msg["scale"] * 0.0
+
+    def free_bits(self, nats: float) -> torch.Tensor:
+        r""":math:`s \cdot B \sum_d \max(\lambda, \overline{\mathrm{KL}}_d)`, averaged over the particles run."""
+        if not self.fns or len(self.fns) % 2:
+            raise RuntimeError(f"free_bits: expected the site {self.name!r} in guide and model, saw it {len(self.fns)} times")
+        terms = []
+        for (q, p), scale in zip(zip(self.fns[::2], self.fns[1::2]), self.scales[::2]):
+            kl = torch.distributions.kl_divergence(_diagonal_normal(q), _diagonal_normal(p))  # ... x B x 1 x D
+            tasks = kl.shape[TASKS_DIM - 1]
+            per_dim = kl.mean(TASKS_DIM - 1, keepdim=True).clamp_min(nats).sum(-1)
+            terms.append(scale * tasks * per_dim.mean())
+        return torch.stack(terms).mean()
+
+
+def _diagonal_normal(d: dist.Distribution) -> dist.Normal:
+    """The ``Normal`` of a diagonal Gaussian with event shape ``(D,)`` (a ``Normal(...).to_event(1)``)."""
+    while isinstance(d, dist.Independent) and not isinstance(d.base_dist, dist.Normal):
+        d = d.base_dist
+    if isinstance(d, dist.Independent) and isinstance(d.base_dist, dist.Normal) and d.reinterpreted_batch_ndims == 1:
+        return d.base_dist
+    raise ValueError(f"free_bits: expected a diagonal Gaussian, Normal(...).to_event(1), got {type(d).__name__}")
+
+
+def check_diagonal_gaussian(model: HierarchicalModel, guide: TaskGuide, tasks: TaskSet) -> None:
+    """Free bits needs the KL per coordinate in closed form: a diagonal Gaussian guide and prior over φ."""
+    with torch.no_grad(), theta_fixed(model, guide.theta_point()):
+        for what, d in (("the guide's posterior", guide.posterior(tasks[:1], torch.arange(1, device=model.device))),
+                        ("the model's local_prior()", model.local_prior())):
+            try:
+                _diagonal_normal(d)
+            except ValueError:
+                raise ValueError(
+                    f"free_bits: needs a diagonal Gaussian q(φ) and p(φ | θ) (Normal(...).to_event(1)), but "
+                    f"{what} is a {type(d).__name__}; use guide='pooled' or 'gradient', or free_bits=0") from None
 
 
 def kl_per_dim(model: HierarchicalModel, guide: TaskGuide, tasks: TaskSet, index: torch.Tensor) -> list[float] | None:

@@ -7,8 +7,8 @@ import torch
 from torch.distributions import kl_divergence
 
 import bayesmeta as bm
-from bayesmeta.guides import PerTaskGuide
-from bayesmeta.inference.fit import _ScaleSite
+from bayesmeta.guides import PerTaskGuide, PooledGuide
+from bayesmeta.inference.fit import _ClosedFormKL, _ScaleSite
 from bayesmeta.models import HierarchicalLinearRegression
 
 
@@ -77,3 +77,67 @@ def test_bad_annealing_options(tasks):
         bm.fit_prior(HierarchicalLinearRegression(x_dim=2), tasks, kl_anneal_steps=-1, progress=False)
     with pytest.raises(ValueError, match="record_every: expected a positive int, got 0"):
         bm.fit_prior(HierarchicalLinearRegression(x_dim=2), tasks, record_every=0, progress=False)
+
+
+def _free_bits_loss(model, guide, tasks, nats, subsample=None, seed=3):
+    """The free-bits objective's loss as fit_prior builds it: Pyro's ELBO without the φ site, plus the KL term."""
+    pyro.set_rng_seed(seed)
+    with _ClosedFormKL("phi") as kl:
+        loss = pyro.infer.Trace_ELBO(max_plate_nesting=2)(model, guide)(tasks, subsample)
+    return loss + kl.free_bits(nats), kl
+
+
+@pytest.mark.parametrize("subsample", [None, 10])
+def test_free_bits_floors_the_batch_mean_kl_of_each_coordinate(tasks, subsample):
+    """loss(λ) - loss(0+) = N Σ_d (max(λ, KL̄_d) - KL̄_d) for the same draw of φ, KL̄_d the mean over the batch."""
+    model = HierarchicalLinearRegression(x_dim=2)
+    guide = PooledGuide(model, hidden=8, depth=1)
+    small, kl = _free_bits_loss(model, guide, tasks, 1e-12, subsample)
+    q = kl.fns[0]  # the guide's q of the tasks the plate drew: batch x 1, event D
+    assert q.batch_shape == (subsample or len(tasks), 1)
+    with torch.no_grad():
+        p = model.local_prior()
+        mean_kl = kl_divergence(torch.distributions.Normal(q.mean, q.stddev),
+                                torch.distributions.Normal(p.mean, p.stddev)).mean((0, 1))  # D
+    nats = float(mean_kl.median())  # some coordinates below, some above
+    assert (mean_kl < nats).any() and (mean_kl > nats).any()
+    floored, _ = _free_bits_loss(model, guide, tasks, nats, subsample)
+    expected = len(tasks) * (mean_kl.clamp_min(nats) - mean_kl).sum()
+    assert (floored - small).item() == pytest.approx(expected.item(), rel=1e-5, abs=1e-4)
+
+
+def test_free_bits_kl_matches_the_monte_carlo_kl_in_expectation(tasks):
+    """With λ → 0 the closed-form KL replaces Pyro's draw-based log q - log p: equal in expectation, so the
+    paired difference of the two losses over 400 draws is within 4 of its standard errors of 0."""
+    model = HierarchicalLinearRegression(x_dim=2)
+    guide = PooledGuide(model, hidden=8, depth=1)
+    diffs = []
+    with torch.no_grad():
+        for seed in range(400):
+            pyro.set_rng_seed(seed)
+            plain = pyro.infer.Trace_ELBO(max_plate_nesting=2)(model, guide)(tasks)
+            diffs.append((_free_bits_loss(model, guide, tasks, 1e-12, seed=seed)[0] - plain).item())
+    diffs = torch.tensor(diffs, dtype=torch.float64)
+    assert diffs.std() > 0  # the draw-based KL does vary
+    assert abs(diffs.mean()) < 4 * diffs.std() / len(diffs) ** 0.5
+
+
+def test_free_bits_in_fit_prior(tasks):
+    """With λ above every coordinate's KL the KL term is N D λ: raising λ by 1 lowers the recorded objective by N D."""
+    runs = {}
+    for nats in (50.0, 51.0):
+        prior = bm.fit_prior(HierarchicalLinearRegression(x_dim=2), tasks, guide="pooled", steps=3, batch_tasks=10,
+                             free_bits=nats, progress=False, guide_options={"hidden": 8, "depth": 1})
+        runs[nats] = prior.history["elbo"]
+        assert prior.config["free_bits"] == nats
+    d = 3  # two weights and the intercept
+    for a, b in zip(runs[50.0], runs[51.0]):
+        assert a - b == pytest.approx(len(tasks) * d * 1.0, rel=1e-5)
+
+
+def test_bad_free_bits(tasks):
+    with pytest.raises(ValueError, match="free_bits: expected a finite number of nats >= 0, got -1"):
+        bm.fit_prior(HierarchicalLinearRegression(x_dim=2), tasks, free_bits=-1, progress=False)
+    with pytest.raises(ValueError, match="free_bits: needs a diagonal Gaussian .* the guide's posterior is a "
+                                         "MultivariateNormal; use guide='pooled' or 'gradient'"):
+        bm.fit_prior(HierarchicalLinearRegression(x_dim=2), tasks, guide="amortized", free_bits=0.5, progress=False)
