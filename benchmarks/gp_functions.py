@@ -274,7 +274,8 @@ def noise_text(prior: bm.LearnedPrior, train: bm.TaskSet) -> str:
 
 # ---------------------------------------------------------------------- page
 def paired_gap(row: Row, floor: Row, k: int) -> tuple[float, float]:
-    """Mean over tasks of (row − floor) log-likelihood per point, on the tasks the row scored, ± its paired se."""
+    """Mean over tasks of (row − floor) log-likelihood per point, on the tasks the row scored, ± its paired se
+    (``floor`` may be any row that scored at least those tasks)."""
     n = row.scores[k].tasks
     return summarize(row.scores[k].loglik - floor.scores[k].loglik[:n])
 
@@ -329,11 +330,6 @@ def in_use(prior: bm.LearnedPrior) -> str:
             f"{fmt(sum(kl))} nats per training task)")
 
 
-def paired_difference(a: Row, b: Row, k: int) -> tuple[float, float]:
-    """Mean over tasks of (a − b) log-likelihood per point, both rows on all the test tasks, ± its paired se."""
-    return summarize(a.scores[k].loglik - b.scores[k].loglik)
-
-
 def discussion(rows: list[Row], shared: bm.LearnedPrior, het: bm.LearnedPrior, met: bool, s: Settings,
                train_s: float) -> str:
     floor, marginal, amortized, svi, het_row, mix_row = rows
@@ -342,8 +338,8 @@ def discussion(rows: list[Row], shared: bm.LearnedPrior, het: bm.LearnedPrior, m
     bayes_gap, bayes_se = paired_gap(marginal, floor, 10)
     bayes_gap = -bayes_gap
     gap_text = ", ".join(f"{fmt(gaps[k])} at {k}" for k in CONTEXT)
-    het_gain = {k: paired_difference(het_row, amortized, k) for k in CONTEXT}
-    mix_gain = {k: paired_difference(mix_row, het_row, k) for k in CONTEXT}
+    het_gain = {k: paired_gap(het_row, amortized, k) for k in CONTEXT}
+    mix_gain = {k: paired_gap(mix_row, het_row, k) for k in CONTEXT}
     mean_part = 0.5 * math.log(amortized.scores[10].mse[0] / het_row.scores[10].mse[0])
     lines = [
         f"The best neural-process row ({best.method}) is {gap_text} context points below the floor (nats per "
@@ -551,7 +547,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"after (see the settings tried, below). {noise_text(prior, train).capitalize()}; final KL per latent "
         f"coordinate (nats, mean over training tasks): {', '.join(f'{v:.2f}' for v in kl)}.",
         f"* **NeuralProcessModel(..., noise=\"heteroscedastic\")**, the same network with a linear scale head on the "
-        "decoder's last hidden layer (σ(x, z) = 0.01 + softplus(·)): trained the same way, the scale head held "
+        f"decoder's last hidden layer (σ(x, z) = {het.model.noise_floor:g} + softplus(·)): trained the same way, the "
+        "scale head held "
         f"constant at {s.het_warmup_noise} in phase 1 (`model.set_noise({s.het_warmup_noise})`). "
         f"{noise_text(het, train).capitalize()}; final KL per latent coordinate: "
         f"{', '.join(f'{v:.2f}' for v in het.history['kl_per_dim'][-1])}.",

@@ -78,7 +78,7 @@ class NeuralProcessModel(bm.HierarchicalModel):
         if noise not in ("shared", "heteroscedastic"):
             raise ValueError(f"noise: expected 'shared' or 'heteroscedastic', got {noise!r}")
         floor = float(noise_floor)
-        if not floor > 0 or floor == float("inf"):
+        if not (floor > 0 and math.isfinite(floor)):
             raise ValueError(f"noise_floor: expected a finite number > 0, got {noise_floor!r}")
         self.latent_dim = int(latent_dim)
         self.noise, self.noise_floor = noise, floor
@@ -114,7 +114,7 @@ class NeuralProcessModel(bm.HierarchicalModel):
         a fit on rich families (GP functions) settles early on a large noise and a few latent coordinates.
         """
         value = float(scale)
-        if not value > self.noise_floor or value == float("inf"):
+        if not (value > self.noise_floor and math.isfinite(value)):
             raise ValueError(f"scale: expected a finite number above noise_floor={self.noise_floor}, got {scale!r}")
         with torch.no_grad():
             if self.noise == "shared":

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -58,16 +59,10 @@ def _sinusoid(x_dim: int) -> Any:
     return SinusoidModel()
 
 
-def _neural_process(x_dim: int) -> Any:
+def _neural_process(x_dim: int, noise: str = "shared") -> Any:
     from bayesmeta.models import NeuralProcessModel
 
-    return NeuralProcessModel(x_dim=x_dim)
-
-
-def _neural_process_heteroscedastic(x_dim: int) -> Any:
-    from bayesmeta.models import NeuralProcessModel
-
-    return NeuralProcessModel(x_dim=x_dim, noise="heteroscedastic")
+    return NeuralProcessModel(x_dim=x_dim, noise=noise)
 
 
 def _bnn(x_dim: int) -> Any:
@@ -86,7 +81,7 @@ MODELS: dict[str, ModelChoice] = {
     "np": ModelChoice(_neural_process, "y = g(x, z_i) + noise, a shared decoder network and an 8-number latent "
                       "per task (any number of --x columns; default guide pooled, lr 0.001)",
                       guide="pooled", lr=1e-3, anneal=1 / 3),
-    "np-hetero": ModelChoice(_neural_process_heteroscedastic, "the same with a noise scale per task and input, "
+    "np-hetero": ModelChoice(functools.partial(_neural_process, noise="heteroscedastic"), "the same with a noise scale per task and input, "
                              "sigma(x, z_i), for tasks that differ in how noisy or how large they are (default "
                              "guide pooled, lr 0.001)", guide="pooled", lr=1e-3, anneal=1 / 3),
     "bnn": ModelChoice(_bnn, "y = f_i(x) + noise, a 40-40 ReLU network per task under a learned prior over "

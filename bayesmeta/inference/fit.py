@@ -357,8 +357,6 @@ class _ClosedFormKL(Messenger):
 
 def _diagonal_normal(d: dist.Distribution) -> dist.Normal:
     """The ``Normal`` of a diagonal Gaussian with event shape ``(D,)`` (a ``Normal(...).to_event(1)``)."""
-    while isinstance(d, dist.Independent) and not isinstance(d.base_dist, dist.Normal):
-        d = d.base_dist
     if isinstance(d, dist.Independent) and isinstance(d.base_dist, dist.Normal) and d.reinterpreted_batch_ndims == 1:
         return d.base_dist
     raise ValueError(f"free_bits: expected a diagonal Gaussian, Normal(...).to_event(1), got {type(d).__name__}")
