@@ -89,14 +89,16 @@ class Settings:
     nuts_tasks: int = 100
     sin_svi_tasks: int = 200
     bnn_train_tasks: int = 20000
-    # Per guide: fit_prior steps, learning rate, random subsets, and HierarchicalBNN's init_scale (the initial prior
-    # std of every weight). Measured on 20000 tasks: the gradient guide explained the data as noise (learned sigma
-    # ~1) from the default 0.1, the pooled guide failed from 0.01, and random subsets made both worse (pooled,
-    # 18000 steps: 5-shot MSE 0.42 with them against 0.35 without; learned sigma 0.60 against 0.22). The pooled
-    # guide's 5-shot MSE is 0.176 at 18000 steps and 0.115 at 36000 (docs/bnn_budget.md).
+    # Per guide: fit_prior steps, learning rate, random subsets, HierarchicalBNN's init_scale (the initial prior std
+    # of every weight) and the noise scale held through the fit (None: learned). Measured on 20000 tasks: the pooled
+    # guide failed from init_scale 0.01, and random subsets made it worse (18000 steps: 5-shot MSE 0.42 with them
+    # against 0.35 without; learned sigma 0.60 against 0.22); its 5-shot MSE is 0.176 at 18000 steps and 0.115 at
+    # 36000 (docs/bnn_budget.md). The gradient guide with sigma learned explained the data as noise: sigma 0.50 and
+    # 5-shot MSE 0.485 over 1000 tasks, and after 4000 steps held at 0.05 then 4000 free, sigma 0.47 and 0.35 (300
+    # tasks); held at 0.05 for all 8000 steps, 0.11 (0.02: 0.14) (HierarchicalBNN.set_noise says why).
     bnn: dict[str, dict[str, Any]] = field(default_factory=lambda: {
-        "pooled": {"steps": 36000, "lr": 1e-3, "random_subsets": False, "init_scale": 0.1},
-        "gradient": {"steps": 8000, "lr": 3e-3, "random_subsets": False, "init_scale": 0.01},
+        "pooled": {"steps": 36000, "lr": 1e-3, "random_subsets": False, "init_scale": 0.1, "noise": None},
+        "gradient": {"steps": 8000, "lr": 3e-3, "random_subsets": False, "init_scale": 0.01, "noise": 0.05},
     })
     bnn_batch: int = 64
     bnn_samples: int = 50
@@ -115,8 +117,8 @@ class Settings:
             mix_options={"components": 3, "covariance": "full", "hidden": 16}, mix_samples=20, sin_train_tasks=200, sin_steps=150,
             sin_samples=50, nuts_tasks=5, sin_svi_tasks=10, nuts_options={"num_samples": 20, "warmup_steps": 20},
             bnn_train_tasks=300, bnn_samples=10, bnn={
-                "pooled": {"steps": 30, "lr": 1e-3, "random_subsets": True, "init_scale": 0.1},
-                "gradient": {"steps": 10, "lr": 3e-3, "random_subsets": False, "init_scale": 0.01}},
+                "pooled": {"steps": 30, "lr": 1e-3, "random_subsets": True, "init_scale": 0.1, "noise": None},
+                "gradient": {"steps": 10, "lr": 3e-3, "random_subsets": False, "init_scale": 0.01, "noise": 0.05}},
             svi_options={"steps": 30},
         )
 
@@ -260,14 +262,22 @@ def run_family(family: bm.tasks.Sinusoid, test: bm.TaskSet, s: Settings, full_ro
 
     bnn_train = family.sample(num_tasks=s.bnn_train_tasks, support=10, query=10, seed=0)
     for guide, c in s.bnn.items():
-        bnn_prior, bnn_wall = fit(f"HierarchicalBNN, {guide} guide", lambda: HierarchicalBNN(init_scale=c["init_scale"]),
+        bnn_prior, bnn_wall = fit(f"HierarchicalBNN, {guide} guide", lambda: bnn_model(c["init_scale"], c["noise"]),
                                   bnn_train, guide=guide, steps=c["steps"], batch_tasks=s.bnn_batch, lr=c["lr"],
-                                  random_subsets=c["random_subsets"])
+                                  random_subsets=c["random_subsets"], fixed=[] if c["noise"] is None else ["noise_scale"])
         extra[f"bnn_{guide}"] = bnn_prior
         scores = {k: adapt_and_score(bnn_prior, test, k, "amortized", s.bnn_samples, {})[0] for k in SHOTS}
         rows.append(Row(f"HierarchicalBNN, {guide} guide → amortized", scores, bnn_wall, f"all {len(test)} tasks"))
         log(f"{family_name(family)}: BNN {guide} done")
     return rows, extra
+
+
+def bnn_model(init_scale: float, noise: float | None) -> HierarchicalBNN:
+    """``HierarchicalBNN(init_scale=...)``, its noise scale set to ``noise`` (to be held) unless that is None."""
+    model = HierarchicalBNN(init_scale=init_scale)
+    if noise is not None:
+        model.set_noise(noise)
+    return model
 
 
 def nuts_note(shots: int, post: bm.TaskPosterior) -> str:
@@ -435,9 +445,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{s.bnn_train_tasks} training tasks with, per guide, " + "; ".join(
             f"G = \"{g}\": " + ", ".join(f"{k}={v}" for k, v in c.items()) for g, c in s.bnn.items())
         + " (the gradient guide with its defaults: 5 reparameterized SVI steps from the prior with learned "
-        "per-weight step sizes, as in ABML, Ravi & Beatson 2019); learned noise_scale "
-        f"{extra['bnn_pooled'].model.noise_scale.item():.3g} (pooled), "
-        f"{extra['bnn_gradient'].model.noise_scale.item():.3g} (gradient); {s.bnn_samples} draws per prediction.",
+        "per-weight step sizes, as in ABML, Ravi & Beatson 2019; noise=v: `model.set_noise(v)` and "
+        "`fixed=model.noise_parameters`, the noise scale held at v because with the gradient guide a learned one "
+        "grows until the steps barely leave the prior: `HierarchicalBNN.set_noise`); final noise_scale " + ", ".join(
+            f"{extra[f'bnn_{g}'].model.noise_scale.item():.3g} ({g}{'' if c['noise'] is None else ', held'})"
+            for g, c in s.bnn.items()) + f"; {s.bnn_samples} draws per prediction.",
     ])
     page = "\n".join([
         *page_header("Sinusoid regression benchmark", "sinusoid.py", quick, date, wall, one_thread_machine()),

@@ -1,6 +1,7 @@
 """HierarchicalBNN: every task's own network, batched, against a per-task reference; and it learns."""
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 from torch.func import functional_call
@@ -48,3 +49,18 @@ def test_it_learns_a_prior_over_networks():
         errors[shots] = mse(pred.mean, test.query.y, test.query.mask)
     gain = errors[0] - errors[5]
     assert gain.mean() > 4 * gain.std() / len(gain) ** 0.5, (errors[0].mean(), errors[5].mean())
+
+
+def test_set_noise_holds_the_scale_through_a_gradient_guide_fit():
+    model = HierarchicalBNN(hidden=(4,), init_scale=0.05)
+    model.set_noise(0.05)
+    phi, x = torch.randn(2, 3, model.phi_dim), torch.randn(3, 5, 1)
+    torch.testing.assert_close(model.likelihood(phi, x).base_dist.scale.expand(2, 3, 5, 1), torch.full((2, 3, 5, 1), 0.05))
+    tasks = bm.tasks.Sinusoid().sample(num_tasks=16, support=5, query=5, seed=0)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    bm.fit_prior(model, tasks, guide="gradient", steps=3, batch_tasks=8, lr=1e-2, fixed=model.noise_parameters,
+                 progress=False, guide_options={"steps": 2})
+    for name, p in model.named_parameters():
+        assert torch.equal(before[name], p.detach()) == (name == "noise_scale_unconstrained"), name
+    with pytest.raises(ValueError, match="scale: expected a finite number above noise_floor=0.01, got 0.01"):
+        model.set_noise(0.01)
