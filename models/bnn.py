@@ -99,12 +99,13 @@ class HierarchicalBNN(bm.HierarchicalModel):
 
     def network(self, phi: Tensor, x: Tensor) -> Tensor:
         """Each task's network at its inputs: ``phi: ... x T x phi_dim``, ``x: T x N x x_dim`` -> ``... x T x N x y_dim``."""
-        h, start = x, 0
+        # One split, not a slice per block: the backward pass of a slice writes into a zero tensor the size of phi,
+        # so six slices cost six passes over T x phi_dim where a split's backward is one concatenation.
+        sizes = [n for fan_in, fan_out in self.layer_shapes for n in (fan_in * fan_out, fan_out)]
+        blocks = phi.split(sizes, dim=-1)
+        h = x
         for k, (fan_in, fan_out) in enumerate(self.layer_shapes):
-            weight = phi[..., start : start + fan_in * fan_out].unflatten(-1, (fan_in, fan_out))
-            start += fan_in * fan_out
-            bias = phi[..., None, start : start + fan_out]
-            start += fan_out
+            weight, bias = blocks[2 * k].unflatten(-1, (fan_in, fan_out)), blocks[2 * k + 1][..., None, :]
             h = h @ weight + bias
             if k < len(self.layer_shapes) - 1:
                 h = torch.relu(h)
