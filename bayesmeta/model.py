@@ -79,6 +79,12 @@ class HierarchicalModel(PyroModule):
     signature ``forward(tasks, subsample_size=None)``, the ``"tasks"`` plate at dim ``-2`` and the site
     ``"phi"``.
 
+    A model whose likelihood is linear-Gaussian in the last ``linear_dim`` coordinates :math:`w` of
+    :math:`\phi = (u, w)`, given the others, says so with :attr:`linear_dim` and :meth:`linear_design`; the
+    ``"pooled"`` and ``"mixture"`` guides then approximate the posterior of :math:`u` only and complete it
+    with the exact Gaussian posterior of :math:`w` (:mod:`bayesmeta.guides.linear`), and predictions
+    integrate :math:`w` out.
+
     Constructor arguments are recorded automatically (for :meth:`bayesmeta.LearnedPrior.save`); keep
     them plain (numbers, strings, lists).
 
@@ -100,6 +106,8 @@ class HierarchicalModel(PyroModule):
     """
 
     phi_names: list[str] = []
+    #: Trailing coordinates of φ that the likelihood is linear-Gaussian in (see :meth:`linear_design`); 0: none.
+    linear_dim: int = 0
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -151,6 +159,18 @@ class HierarchicalModel(PyroModule):
     def likelihood(self, phi: Tensor, x: Tensor) -> dist.Distribution:
         """``phi: ... x T x phi_dim``, ``x: T x N x x_dim`` -> distribution, batch ``... x T x N``."""
         raise NotImplementedError(f"{type(self).__name__} must define likelihood(phi, x)")
+
+    def linear_design(self, free: Tensor, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        r"""``(offset, design, scale)`` such that ``likelihood(phi, x)`` is
+        :math:`\mathcal N(\text{offset} + \text{design}\, w,\ \operatorname{diag}\text{scale}^2)` for
+        :math:`\phi = (u, w)`, ``u = free``.
+
+        Only for a model with ``linear_dim = L > 0``, whose :meth:`local_prior` is a diagonal Gaussian
+        (``Normal(...).to_event(1)``, so that :math:`w` is independent of :math:`u` a priori).
+        ``free: ... x T x (phi_dim - L)`` and ``x: T x N x x_dim`` give ``offset: ... x T x N x y_dim``,
+        ``design: ... x T x N x y_dim x L`` and ``scale: ... x T x N x y_dim``.
+        """
+        raise NotImplementedError(f"{type(self).__name__} has linear_dim={self.linear_dim} but no linear_design()")
 
     def forward(self, tasks: TaskSet, subsample_size: int | None = None) -> None:
         """Score every point (support and query) of ``tasks``; ``subsample_size`` tasks per call."""

@@ -40,6 +40,17 @@ class NeuralProcessModel(bm.HierarchicalModel):
     tasks it raised the predictive log-likelihood by 0.15, 0.29 and 0.45 nats per target point at 5, 10
     and 20 context points (``docs/gp_functions.md``).
 
+    With ``output_layer="task"`` the decoder's output layer is the task's own: its weights :math:`w_i` join
+    :math:`\phi_i = (z_i, w_i)` with a learned diagonal Gaussian prior, and the mean becomes
+    :math:`b_\theta + h_\theta(x, z_i)^\top w_i`, with :math:`h_\theta` the last hidden layer (``hidden`` features
+    per output). Given :math:`z_i` the likelihood is linear-Gaussian in :math:`w_i`, so the ``"pooled"`` and
+    ``"mixture"`` guides infer :math:`z_i` and take the exact posterior of :math:`w_i` given :math:`z_i` and the
+    data (:mod:`bayesmeta.guides.linear`): the model is a mixture over :math:`z` of Bayesian linear regressions
+    on learned features, a Gaussian process with a kernel :math:`h(x, z)^\top S\, h(x', z)` chosen by the latent
+    (a meta-learned Bayesian last layer: Harrison et al. 2018, "Meta-Learning Priors for Efficient Online
+    Bayesian Regression"). Its predictive follows every context point as a GP's does, which a global latent
+    read by a shared decoder cannot (``docs/gp_functions.md``).
+
     Such models can ignore their latent (the decoder learns the mean function): fit with
     ``kl_anneal_steps`` (or ``free_bits``) and watch ``prior.history["kl_per_dim"]``; a coordinate near 0 is
     unused. On rich families the noise can swallow the signal instead: hold it with :meth:`set_noise` and
@@ -52,12 +63,18 @@ class NeuralProcessModel(bm.HierarchicalModel):
         noise: ``"shared"`` (default): one learned noise scale ``noise_scale`` for every task and point;
             ``"heteroscedastic"``: a scale per task and input, from the decoder.
         noise_floor: lower bound of :math:`\sigma`.
+        output_layer: ``"shared"`` (default): the decoder's output layer is part of θ; ``"task"``: its weights
+            are the last ``hidden * y_dim`` coordinates of φ (names ``w0``, ``w1``, ...; output ``k``'s weights
+            come ``k``-th), with prior :math:`\mathcal N(` ``output_loc``, ``diag(output_scale)``:math:`^2)`.
         init_seed: seeds the decoder's initial weights (PyTorch's default initialization), so that the
             same arguments build the same model whatever the state of torch's global generator.
 
     >>> model = NeuralProcessModel(latent_dim=4, hidden=16)
     >>> model.likelihood(torch.zeros(5, 3, 4), torch.zeros(3, 7, 1)).batch_shape
     torch.Size([5, 3, 7])
+    >>> basis = NeuralProcessModel(latent_dim=4, hidden=16, output_layer="task")
+    >>> basis.phi_dim, basis.linear_dim
+    (20, 16)
     >>> wide = NeuralProcessModel(latent_dim=4, hidden=16, noise="heteroscedastic")
     >>> wide.likelihood(torch.zeros(5, 3, 4), torch.zeros(3, 7, 1)).variance.shape
     torch.Size([5, 3, 7, 1])
@@ -73,10 +90,13 @@ class NeuralProcessModel(bm.HierarchicalModel):
         noise: str = "shared",
         noise_floor: float = 0.01,
         init_seed: int = 0,
+        output_layer: str = "shared",
     ) -> None:
         super().__init__(x_dim=x_dim, y_dim=y_dim)
         if noise not in ("shared", "heteroscedastic"):
             raise ValueError(f"noise: expected 'shared' or 'heteroscedastic', got {noise!r}")
+        if output_layer not in ("shared", "task"):
+            raise ValueError(f"output_layer: expected 'shared' or 'task', got {output_layer!r}")
         floor = float(noise_floor)
         if not (floor > 0 and math.isfinite(floor)):
             raise ValueError(f"noise_floor: expected a finite number > 0, got {noise_floor!r}")
@@ -93,6 +113,17 @@ class NeuralProcessModel(bm.HierarchicalModel):
                     layers.append(nn.SiLU())
             # The scale reads the decoder's last hidden layer, beside the mean's output layer.
             scale_head = nn.Linear(sizes[-2], y_dim) if noise == "heteroscedastic" else None
+        self.output_layer = output_layer
+        if output_layer == "task":
+            # The output layer's weights become φ's last coordinates; its bias stays shared. Prior: centred, with
+            # the scale of PyTorch's default initialization of that layer (uniform on ±1/sqrt(hidden)).
+            output = layers.pop()
+            self.output_bias = nn.Parameter(output.bias.detach().clone())
+            self.output_loc = PyroParam(torch.zeros(output.weight.numel()))
+            self.output_scale = PyroParam(torch.full((output.weight.numel(),), 1 / math.sqrt(3 * sizes[-2])),
+                                          constraint=constraints.positive)
+            self.linear_dim = output.weight.numel()
+            self.phi_names = self.phi_names + [f"w{i}" for i in range(self.linear_dim)]
         self.decoder = nn.Sequential(*layers)
         if scale_head is not None:
             self.scale_head = scale_head
@@ -124,15 +155,41 @@ class NeuralProcessModel(bm.HierarchicalModel):
                 self.scale_head.bias.fill_(math.log(math.expm1(value - self.noise_floor)))  # softplus^-1
 
     def local_prior(self) -> dist.Distribution:
+        if self.output_layer == "task":
+            return dist.Normal(torch.cat([self.prior_loc, self.output_loc]),
+                               torch.cat([self.prior_scale, self.output_scale])).to_event(1)
         return dist.Normal(self.prior_loc, self.prior_scale).to_event(1)
 
     def likelihood(self, phi: Tensor, x: Tensor) -> dist.Distribution:
-        # phi: ... x T x latent, x: T x N x x_dim -> decoder input ... x T x N x (x_dim + latent)
-        batch = torch.broadcast_shapes(phi.shape[:-1], x.shape[:-2])
-        z = phi[..., None, :].expand(*batch, x.shape[-2], self.latent_dim)
-        inputs = torch.cat([x.expand(*batch, *x.shape[-2:]), z], -1)
+        if self.output_layer == "task":
+            offset, design, scale = self.linear_design(phi[..., : self.latent_dim], x)
+            mean = offset + (design @ phi[..., None, self.latent_dim:, None]).squeeze(-1)
+            return dist.Normal(mean, scale).to_event(1)
+        features = self.hidden_features(phi, x)
         if self.noise == "shared":
-            return dist.Normal(self.decoder(inputs), self.noise_scale).to_event(1)
-        features = self.decoder[:-1](inputs)
-        scale = self.noise_floor + nn.functional.softplus(self.scale_head(features))
-        return dist.Normal(self.decoder[-1](features), scale).to_event(1)
+            return dist.Normal(self.decoder[-1](features), self.noise_scale).to_event(1)
+        return dist.Normal(self.decoder[-1](features), self.scale(features)).to_event(1)
+
+    def linear_design(self, free: Tensor, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """With ``output_layer="task"``: ``y = output_bias + h(x, z) w + noise``, ``w`` output by output."""
+        if self.output_layer != "task":
+            return super().linear_design(free, x)
+        features = self.hidden_features(free, x)  # ... x T x N x hidden
+        # design[..., k, k * hidden:(k + 1) * hidden] = features: output k reads its own block of w.
+        design = features[..., None, :] if self.y_dim == 1 else \
+            torch.kron(torch.eye(self.y_dim, dtype=features.dtype, device=features.device), features[..., None, :])
+        scale = self.noise_scale.expand(features.shape[:-1] + (self.y_dim,)) if self.noise == "shared" \
+            else self.scale(features)
+        return self.output_bias.expand(features.shape[:-1] + (self.y_dim,)), design, scale
+
+    def hidden_features(self, phi: Tensor, x: Tensor) -> Tensor:
+        """The decoder's last hidden layer at ``(x, z)``: ``phi: ... x T x (latent_dim + ...)``, ``x: T x N x x_dim``
+        -> ``... x T x N x hidden``."""
+        batch = torch.broadcast_shapes(phi.shape[:-1], x.shape[:-2])
+        z = phi[..., None, : self.latent_dim].expand(*batch, x.shape[-2], self.latent_dim)
+        inputs = torch.cat([x.expand(*batch, *x.shape[-2:]), z], -1)
+        return self.decoder(inputs) if self.output_layer == "task" else self.decoder[:-1](inputs)
+
+    def scale(self, features: Tensor) -> Tensor:
+        """The heteroscedastic noise scale from the last hidden layer: ``noise_floor + softplus(scale_head(h))``."""
+        return self.noise_floor + nn.functional.softplus(self.scale_head(features))

@@ -13,6 +13,7 @@ from pyro.nn import PyroModule
 from pyro.poutine.util import site_is_subsample
 from torch import Tensor
 
+from bayesmeta.guides.linear import ConditionallyGaussian
 from bayesmeta.model import TASKS_DIM, HierarchicalModel
 from bayesmeta.tasks.taskset import TaskData, TaskSet
 
@@ -37,8 +38,15 @@ class TaskGuide(PyroModule):
     kind: str = ""
     #: Whether ``fit_prior`` can fit it by the ELBO (its draws are reparameterized).
     elbo_trainable: bool = True
+    #: Whether it covers models with a linear part (``model.linear_dim > 0``): a posterior over the free part,
+    #: completed by the exact posterior of the linear part (:mod:`bayesmeta.guides.linear`).
+    covers_linear: bool = False
 
     def __init__(self, model: HierarchicalModel) -> None:
+        if model.linear_dim and not self.covers_linear:
+            raise ValueError(
+                f"guide: {self.kind!r} does not cover a model with a linear part ({type(model).__name__} has "
+                f"linear_dim={model.linear_dim}); use guide='pooled' (or bm.amortize(..., guide='mixture'))")
         super().__init__()
         # A plain reference, not a submodule: the model's θ must not appear twice in state dicts.
         object.__setattr__(self, "_model", model)
@@ -109,10 +117,13 @@ def global_latent_sites(model: HierarchicalModel) -> list[str]:
 
 
 def site_distribution(q: dist.Distribution) -> dist.Distribution:
-    """Give a per-task Gaussian (batch ``T``) the ``T x 1`` batch shape of the ``"phi"`` site.
+    """Give a per-task posterior (batch ``T``) the ``T x 1`` batch shape of the ``"phi"`` site.
 
-    ``q`` is a ``MultivariateNormal`` or a diagonal ``Normal(...).to_event(1)`` (kept diagonal).
+    ``q`` is a ``MultivariateNormal``, a diagonal ``Normal(...).to_event(1)`` (kept diagonal) or a
+    :class:`~bayesmeta.guides.linear.ConditionallyGaussian`.
     """
+    if isinstance(q, ConditionallyGaussian):
+        return q.with_task_dim()
     if isinstance(q, dist.MultivariateNormal):
         return dist.MultivariateNormal(q.loc[..., None, :], scale_tril=q.scale_tril[..., None, :, :])
     return dist.Normal(q.mean[..., None, :], q.stddev[..., None, :]).to_event(1)

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from bayesmeta.guides.amortized import _mlp
+from bayesmeta.guides.linear import free_dim
 from bayesmeta.guides.pooled import PooledGuide
 from bayesmeta.model import HierarchicalModel
 from bayesmeta.tasks.taskset import TaskSet
@@ -56,7 +57,7 @@ class MixtureGuide(PooledGuide):
             raise ValueError(f"covariance: expected 'diagonal' or 'full', got {covariance!r}")
         super().__init__(model, hidden=hidden, depth=depth, reads=reads)
         self.components, self.covariance = components, covariance
-        d = model.phi_dim
+        d = free_dim(model)
         self._off_diagonal = d * (d - 1) // 2 if covariance == "full" else 0
         self.head = _mlp([self.hidden + 1, self.hidden, self.hidden, components * (2 * d + 1 + self._off_diagonal)])
 
@@ -64,10 +65,10 @@ class MixtureGuide(PooledGuide):
     def init_args(self) -> dict[str, Any]:
         return {**super().init_args, "components": self.components, "covariance": self.covariance}
 
-    def posterior(self, tasks: TaskSet, index: Tensor | None = None) -> dist.MixtureSameFamily:
+    def posterior(self, tasks: TaskSet, index: Tensor | None = None) -> dist.Distribution:
         features, _ = self.summary(tasks)
         out = self.head(features)
-        k, d = self.components, self.model.phi_dim
+        k, d = self.components, free_dim(self.model)
         logits = out[..., :k]
         params = out[..., k:].unflatten(-1, (k, 2 * d + self._off_diagonal))
         loc, raw_scale, lower = params[..., :d], params[..., d:2 * d], params[..., 2 * d:]
@@ -79,7 +80,7 @@ class MixtureGuide(PooledGuide):
             strict = scale.new_zeros(*scale.shape, d)
             strict[..., rows, cols] = lower
             parts = dist.MultivariateNormal(loc, scale_tril=strict + torch.diag_embed(scale))
-        return dist.MixtureSameFamily(dist.Categorical(logits=logits), parts)
+        return self.complete(dist.MixtureSameFamily(dist.Categorical(logits=logits), parts), tasks)
 
     def forward(self, tasks: TaskSet, subsample_size: int | None = None) -> None:
         raise ValueError(

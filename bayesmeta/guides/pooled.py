@@ -9,8 +9,9 @@ from torch import Tensor, nn
 
 from bayesmeta.guides.amortized import _mlp
 from bayesmeta.guides.base import TaskGuide
+from bayesmeta.guides.linear import ConditionallyGaussian, free_dim, free_prior
 from bayesmeta.model import HierarchicalModel
-from bayesmeta.tasks.taskset import TaskSet
+from bayesmeta.tasks.taskset import TaskData, TaskSet
 
 __all__ = ["PooledGuide"]
 
@@ -44,6 +45,7 @@ class PooledGuide(TaskGuide):
     """
 
     kind = "pooled"
+    covers_linear = True
 
     def __init__(self, model: HierarchicalModel, hidden: int = 128, depth: int = 3, reads: str = "all") -> None:
         super().__init__(model)
@@ -52,15 +54,19 @@ class PooledGuide(TaskGuide):
         self.hidden, self.depth, self.reads = int(hidden), int(depth), reads
         in_dim = model.x_dim + model.y_dim
         self.embed = nn.Sequential(_mlp([in_dim] + [self.hidden] * self.depth), nn.SiLU())
-        self.head = _mlp([self.hidden + 1, self.hidden, self.hidden, 2 * model.phi_dim])
+        self.head = _mlp([self.hidden + 1, self.hidden, self.hidden, 2 * free_dim(model)])
 
     @property
     def init_args(self) -> dict[str, Any]:
         return {"hidden": self.hidden, "depth": self.depth, "reads": self.reads}
 
+    def read(self, tasks: TaskSet) -> TaskData:
+        """The points the encoder reads: all of each task's, or its support (``reads``)."""
+        return tasks.all_points() if self.reads == "all" else tasks.support
+
     def summary(self, tasks: TaskSet) -> tuple[Tensor, Tensor]:
         r"""``(T x (hidden + 1), T x 1)``: each task's pooled embedding with :math:`\log(1+n)`, and :math:`n`."""
-        data = tasks.all_points() if self.reads == "all" else tasks.support
+        data = self.read(tasks)
         y = data.y if data.y.dim() == 3 else data.y.to(data.x.dtype)[..., None]
         inputs = torch.cat([data.x, y], -1)
         weight = data.mask[..., None].to(inputs.dtype)
@@ -68,17 +74,24 @@ class PooledGuide(TaskGuide):
         pooled = (self.embed(inputs) * weight).sum(1) / count.clamp(min=1.0)
         return torch.cat([pooled, torch.log1p(count)], -1), count
 
-    def posterior(self, tasks: TaskSet, index: Tensor | None = None) -> dist.Independent:
+    def posterior(self, tasks: TaskSet, index: Tensor | None = None) -> dist.Distribution:
         features, count = self.summary(tasks)
         loc, raw_scale = self.head(features).chunk(2, -1)
         scale = nn.functional.softplus(raw_scale) + 1e-4
         empty = count == 0
         if empty.any():
-            prior = self.model.local_prior()
+            prior = free_prior(self.model) if self.model.linear_dim else self.model.local_prior()
             try:
                 loc = torch.where(empty, prior.mean, loc)
                 scale = torch.where(empty, prior.stddev, scale)
             except NotImplementedError:
                 pass
         # Diagonal, kept as such: a dense scale_tril would cost phi_dim^2 per task (3.1M for a 1-40-40-1 BNN).
-        return dist.Normal(loc, scale).to_event(1)
+        return self.complete(dist.Normal(loc, scale).to_event(1), tasks)
+
+    def complete(self, free: dist.Distribution, tasks: TaskSet) -> dist.Distribution:
+        """``free`` itself, or for a model with a linear part, ``free`` times the exact posterior of that part
+        given the points the encoder read."""
+        if not self.model.linear_dim:
+            return free
+        return ConditionallyGaussian(free, self.model, self.read(tasks))

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from torch import Tensor
 
 from bayesmeta.guides.base import theta_fixed
+from bayesmeta.guides.linear import ConditionallyGaussian, complete_linear
 from bayesmeta.inference.checks import check_positive, check_support
 from bayesmeta.inference.full_bayes import check_continuous, nuts_options
 from bayesmeta.inference.importance import adapt_importance
@@ -109,6 +110,9 @@ def adapt_svi(
 ) -> TaskPosterior:
     r"""A full-covariance Gaussian per task, started at the amortized guess and refined by SVI.
 
+    For a model with a linear part (``model.linear_dim > 0``) the Gaussian covers the free part :math:`u` of φ
+    and the linear part keeps its exact posterior given :math:`u` (:mod:`bayesmeta.guides.linear`).
+
     All tasks are optimized together (their ELBOs add up and share no parameters). The gradient uses the
     *sticking-the-landing* estimator (Roeder et al. 2017): :math:`\log q` is evaluated with its
     parameters detached, which removes the score-function term whose expectation is zero; its variance
@@ -123,6 +127,11 @@ def adapt_svi(
     check_positive(num_particles, "num_particles", integer=True)
     model = _model_at_theta(prior)
     start = _initial_gaussian(prior, tasks)
+    # A model with a linear part: the Gaussian is over the free part, each draw completed by the exact
+    # posterior of the linear part, so the objective is the ELBO of the free part with the rest integrated out.
+    linear = isinstance(start, ConditionallyGaussian)
+    if linear:
+        start = start.free
     # A diagonal start (high-dimensional φ) is refined as a diagonal Gaussian: phi_dim^2 per task is too much.
     diagonal = not isinstance(start, dist.MultivariateNormal)
     loc = start.mean.detach().clone().requires_grad_(True)
@@ -148,6 +157,10 @@ def adapt_svi(
             phi = loc + (noise * log_diag.exp() if diagonal else (q.scale_tril @ noise[..., None]).squeeze(-1))
             # Sticking the landing: log q with its parameters detached (see the docstring).
             log_q = gaussian(detach=True).log_prob(phi)
+            if linear:
+                with theta_fixed(prior.model, prior.guide.theta_point()):
+                    phi, log_q_linear = complete_linear(prior.model, phi, tasks.support)
+                log_q = log_q + log_q_linear
             loss = -(log_joint(model, tasks, phi) - log_q).sum() / num_particles
             if not torch.isfinite(loss):
                 raise FloatingPointError("adapt(method='svi'): the ELBO became NaN/Inf; lower lr")
@@ -156,6 +169,8 @@ def adapt_svi(
             schedule.step()
     with torch.no_grad():
         q = gaussian(detach=True)
+    if linear:
+        q = ConditionallyGaussian(q, prior.model, tasks.support)
     return TaskPosterior(prior.model, tasks, "svi", distribution=q, diagnostics=_theta_used(prior))
 
 

@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 
 from bayesmeta.guides import TaskGuide, make_guide
 from bayesmeta.guides.base import theta_fixed
+from bayesmeta.guides.linear import ConditionallyGaussian, free_prior
 from bayesmeta.inference.checks import check_model, check_positive, check_tasks
 from bayesmeta.inference.learned_prior import LearnedPrior
 from bayesmeta.model import TASKS_DIM, HierarchicalModel
@@ -98,7 +99,8 @@ def fit_prior(
         record_every: every this many steps (and at the last), record in ``history["kl_per_dim"]`` the
             mean over (up to 256 of) the training tasks of the KL between each coordinate's marginals
             of :math:`q(\phi_i)` and :math:`p_\theta(\phi)`, nats; a coordinate stuck near 0 is one the
-            model ignores (collapse). ``history["kl_step"]`` holds the steps.
+            model ignores (collapse). ``history["kl_step"]`` holds the steps. For a model with a linear part
+            (``model.linear_dim > 0``), the free coordinates only.
         random_subsets: at each step every task of the minibatch keeps a random subset of its points (support
             and query alike), of a size drawn uniformly from 1 to its number of points; model and guide see
             the same subset. An encoder that reads the points (``"amortized"``, ``"pooled"``) thus learns
@@ -377,10 +379,13 @@ def check_diagonal_gaussian(model: HierarchicalModel, guide: TaskGuide, tasks: T
 
 def kl_per_dim(model: HierarchicalModel, guide: TaskGuide, tasks: TaskSet, index: torch.Tensor) -> list[float] | None:
     r"""Mean over ``tasks`` of :math:`\mathrm{KL}(q(\phi_{id}) \,\|\, p_\theta(\phi_d))` for each coordinate
-    ``d`` (marginals of both), nats; ``None`` where the prior has no mean or standard deviation."""
+    ``d`` (marginals of both), nats; ``None`` where the prior has no mean or standard deviation. For a model with a
+    linear part, the free coordinates only: the linear part's posterior is exact, not the guide's to collapse."""
     with torch.no_grad(), theta_fixed(model, guide.theta_point()):
         q = guide.posterior(tasks, index)
         prior = model.local_prior()
+        if isinstance(q, ConditionallyGaussian):
+            q, prior = q.free, free_prior(model)
         try:
             p_mean, p_std = prior.mean, prior.stddev
         except NotImplementedError:

@@ -12,7 +12,10 @@ importance sampling corrects it without any per-task optimization:
 
 with :math:`\tilde q` the guide's Gaussian widened by ``widen`` and the prior as a defensive component
 (Hesterberg 1995, "Weighted average importance sampling and defensive mixture distributions"), so the weights
-stay bounded where the guide is too narrow. ``num_samples`` draws are resampled with probabilities
+stay bounded where the guide is too narrow. For a model with a linear part (``model.linear_dim > 0``) the
+mixture proposes the free part :math:`u` of φ and the linear part :math:`w` is drawn from its exact posterior
+given :math:`u` (:mod:`bayesmeta.guides.linear`), so the weights are :math:`p_\theta(S, u)/m(u)` with :math:`w`
+integrated out. ``num_samples`` draws are resampled with probabilities
 :math:`w_k`; as ``num_particles`` grows the result converges to the exact posterior under the learned θ. The
 effective sample size :math:`1/\sum_k w_k^2` of every task is kept in ``diagnostics["ess"]``, and
 :math:`\log \frac1K\sum_k w_k` — an estimate of the task's log marginal likelihood :math:`\log p_\theta(S)` —
@@ -27,6 +30,7 @@ import pyro.distributions as dist
 import torch
 
 from bayesmeta.guides.base import theta_fixed
+from bayesmeta.guides.linear import ConditionallyGaussian, complete_linear, free_prior
 from bayesmeta.inference.checks import check_positive
 from bayesmeta.inference.posterior import TaskPosterior, seeded
 from bayesmeta.tasks.taskset import TaskSet
@@ -77,9 +81,12 @@ def adapt_importance(
         prior_fraction = 1.0
     model, program = prior.model, _model_at_theta(prior)
     with torch.no_grad(), frozen(model), seeded(seed, model.device):
-        guide = _widened(_initial_gaussian(prior, tasks), widen)
+        start = _initial_gaussian(prior, tasks)
+        # A model with a linear part: propose its free part u, and w from its exact posterior given u.
+        linear = isinstance(start, ConditionallyGaussian)
+        guide = _widened(start.free if linear else start, widen)
         with theta_fixed(model, prior.guide.theta_point()):
-            local = model.local_prior()
+            local = free_prior(model) if linear else model.local_prior()
         from_prior = round(num_particles * prior_fraction)
         weights = torch.tensor([prior_fraction, 1 - prior_fraction], device=model.device).log()
         size = max(1, max_elements // (num_particles * max(1, tasks.support.num_points)))
@@ -90,6 +97,10 @@ def adapt_importance(
             q = _task_rows(guide, rows)
             phi = torch.cat([local.sample((from_prior, len(chunk))), q.sample((num_particles - from_prior,))], 0)
             mixture = torch.logsumexp(torch.stack([local.log_prob(phi), q.log_prob(phi)]) + weights[:, None, None], 0)
+            if linear:
+                with theta_fixed(model, prior.guide.theta_point()):
+                    phi, log_q_linear = complete_linear(model, phi, chunk.support)
+                mixture = mixture + log_q_linear
             log_w = log_joint(program, chunk, phi) - mixture  # K x t
             w = torch.softmax(log_w, 0)
             ess.append(1.0 / w.pow(2).sum(0))

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from bayesmeta.guides.base import theta_fixed
+from bayesmeta.guides.linear import free_dim, linear_predictive
 from bayesmeta.inference.checks import check_positive, check_query_x
 from bayesmeta.model import HierarchicalModel
 from bayesmeta.tasks.taskset import TaskSet
@@ -147,19 +148,36 @@ class TaskPosterior:
         (:math:`\mathrm{Var}[y] = \mathbb E[\mathrm{Var}(y\mid\phi)] + \mathrm{Var}[\mathbb E(y\mid\phi)]`);
         ``samples`` holds one draw of ``y`` per draw of :math:`\phi`.
         """
+        likelihood = self.predictive(x, num_samples, seed)
+        with torch.no_grad(), seeded(None if seed is None else seed + 1, likelihood.mean.device):
+            mean, variance = likelihood.mean, likelihood.variance
+            samples = likelihood.sample()
+        return Prediction(
+            mean=mean.mean(0), std=(variance.mean(0) + mean.var(0, unbiased=False)).sqrt(), samples=samples
+        )
+
+    def predictive(self, x: Tensor, num_samples: int = 100, seed: int | None = None) -> dist.Distribution:
+        r"""The posterior predictive as a mixture of ``num_samples`` components: a distribution with batch
+        ``num_samples x T x N`` whose component ``s`` is :math:`p(y \mid x, \phi_s)` for a draw :math:`\phi_s`.
+
+        For a model with a linear part (``model.linear_dim > 0``) component ``s`` is
+        :math:`p(y \mid x, u_s, D)`, the linear part :math:`w` integrated out exactly given the draw's free part
+        :math:`u_s` and the support :math:`D` (every adapt method leaves :math:`w \mid u` at its exact posterior).
+        :meth:`predict` summarizes it; the mixture's log density at ``y`` is
+        ``logsumexp(predictive(x).log_prob(y), 0) - log(num_samples)``.
+        """
         x = check_query_x(x, len(self), self.model.x_dim)
         phi, theta = self._sample_with_theta(num_samples, seed)
         # A full-Bayes posterior pairs each φ draw with its θ draw: θ gets the draws dim, then room for T x N.
         theta = {name: value.reshape(num_samples, 1, 1, *value.shape[1:]) for name, value in theta.items()}
         # An empirical-Bayes posterior of a model with hyperprior sites holds the point θ it was computed under.
         theta = {**self.diagnostics.get("theta", {}), **theta}
+        x = x.to(phi.device, phi.dtype)
         with torch.no_grad(), seeded(None if seed is None else seed + 1, phi.device), theta_fixed(self.model, theta):
-            likelihood = self.model.likelihood(phi, x.to(phi.device, phi.dtype))
-            mean, variance = likelihood.mean, likelihood.variance
-            samples = likelihood.sample()
-        return Prediction(
-            mean=mean.mean(0), std=(variance.mean(0) + mean.var(0, unbiased=False)).sqrt(), samples=samples
-        )
+            if self.model.linear_dim:
+                support = self.support.support.to(phi.device)
+                return linear_predictive(self.model, phi[..., : free_dim(self.model)], support, x)
+            return self.model.likelihood(phi, x)
 
     def to_inference_data(self, **options: Any):
         """This posterior as ArviZ ``InferenceData`` (:func:`bayesmeta.diagnostics.to_inference_data`)."""
