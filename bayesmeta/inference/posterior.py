@@ -172,10 +172,21 @@ class TaskPosterior:
         theta = {name: value.reshape(num_samples, 1, 1, *value.shape[1:]) for name, value in theta.items()}
         # An empirical-Bayes posterior of a model with hyperprior sites holds the point θ it was computed under.
         theta = {**self.diagnostics.get("theta", {}), **theta}
+        with seeded(None if seed is None else seed + 1, phi.device), theta_fixed(self.model, theta):
+            return self.components(phi, x)
+
+    def components(self, phi: Tensor, x: Tensor, rows: slice = slice(None)) -> dist.Distribution:
+        r"""The predictive components of given draws: :math:`p(y \mid x, \phi_s)` for ``phi: S x t x phi_dim``, draws
+        for the tasks ``rows`` of this posterior, at ``x: t x N x x_dim`` (batch ``S x t x N``).
+
+        For a model with a linear part, :math:`p(y \mid x, u_s, D)` with the linear part integrated out given those
+        tasks' support :math:`D` (see :meth:`predictive`). Work on a few tasks at a time where ``S x t x N``
+        activations of the model would not fit in memory.
+        """
         x = x.to(phi.device, phi.dtype)
-        with torch.no_grad(), seeded(None if seed is None else seed + 1, phi.device), theta_fixed(self.model, theta):
+        with torch.no_grad():
             if self.model.linear_dim:
-                support = self.support.support.to(phi.device)
+                support = self.support.support[rows].to(phi.device)
                 return linear_predictive(self.model, phi[..., : free_dim(self.model)], support, x)
             return self.model.likelihood(phi, x)
 
