@@ -94,7 +94,7 @@ class Settings:
     # NeuralProcessModel(output_layer="task"): one phase, noise learned from the start (the exact output layer
     # explains a function by its features, not by noise), no KL warm-up.
     basis_latent_dim: int = 8
-    basis_steps: int = 10000
+    basis_steps: int = 16000
     basis_lr: float = 1e-3
     basis_particles: int = 256  # adapt(method="importance") proposals of the latent per task
 
