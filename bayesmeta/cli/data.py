@@ -59,10 +59,10 @@ def _sinusoid(x_dim: int) -> Any:
     return SinusoidModel()
 
 
-def _neural_process(x_dim: int, noise: str = "shared") -> Any:
+def _neural_process(x_dim: int, noise: str = "shared", output_layer: str = "shared") -> Any:
     from bayesmeta.models import NeuralProcessModel
 
-    return NeuralProcessModel(x_dim=x_dim, noise=noise)
+    return NeuralProcessModel(x_dim=x_dim, noise=noise, output_layer=output_layer)
 
 
 def _bnn(x_dim: int) -> Any:
@@ -84,6 +84,10 @@ MODELS: dict[str, ModelChoice] = {
     "np-hetero": ModelChoice(functools.partial(_neural_process, noise="heteroscedastic"), "the same with a noise scale per task and input, "
                              "sigma(x, z_i), for tasks that differ in how noisy or how large they are (default "
                              "guide pooled, lr 0.001)", guide="pooled", lr=1e-3, anneal=1 / 3),
+    "np-basis": ModelChoice(functools.partial(_neural_process, output_layer="task"), "the same with the decoder's "
+                            "output layer per task, integrated out exactly given z_i: a Gaussian process whose kernel "
+                            "the latent chooses, which follows each task's points (default guide pooled, lr 0.001)",
+                            guide="pooled", lr=1e-3, anneal=1 / 3),
     "bnn": ModelChoice(_bnn, "y = f_i(x) + noise, a 40-40 ReLU network per task under a learned prior over "
                        "its weights (any number of --x columns; default guide pooled, lr 0.001)",
                        guide="pooled", lr=1e-3, anneal=1 / 3),
