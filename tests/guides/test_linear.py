@@ -219,3 +219,34 @@ def test_the_free_prior_is_the_leading_block_of_the_local_prior():
     prior = free_prior(model)
     assert prior.event_shape == (1,)
     torch.testing.assert_close(prior.mean, model.loc[:1])
+
+
+def test_amortize_fits_the_free_part_to_its_exact_posterior():
+    """bm.amortize (forward KL on simulated tasks) with a Gaussian head: the family holds the exact posterior of u,
+    and w needs no fitting (it is exact given u). From one point the fitted guide is within 0.05 nats of it per task
+    (measured 0.02); from three, where a mean-pooled encoder only approximates the regression it would have to
+    compute (0.14 after 1500 steps, 0.14 after 3000), it is at least 10 times closer than an untrained guide."""
+    model = TwoPart()
+    prior = LearnedPrior(model, PooledGuide(model, hidden=16), {}, {})
+    g = torch.Generator().manual_seed(0)
+    inputs = bm.TaskSet.from_arrays(torch.rand(512, 8, 1, generator=g) * 4 - 2, torch.zeros(512, 8, 1))
+    fitted = bm.amortize(prior, inputs, guide="pooled", steps=1500, batch_tasks=256, lr=3e-3, seed=0, progress=False,
+                         guide_options={"hidden": 32, "depth": 2})
+    torch.manual_seed(1)
+    x = torch.rand(200, 8, 1) * 4 - 2
+    with torch.no_grad():
+        y = model.likelihood(model.local_prior().sample((200,)), x).sample()
+    test = bm.TaskSet.from_arrays(x, y)
+
+    def kl(guide: PooledGuide, shots: int) -> torch.Tensor:
+        """Closed-form KL(exact || q) of u, mean over the 200 tasks."""
+        support = test.support.head(shots)
+        mean, covariance = exact_joint(model, support)
+        with torch.no_grad():
+            q = guide.posterior(bm.TaskSet.from_arrays(support.x, support.y)).free.base_dist
+        exact = dist.Normal(mean[:, 0], covariance[:, 0, 0].sqrt())
+        return torch.distributions.kl_divergence(exact, dist.Normal(q.loc[:, 0].double(), q.scale[:, 0].double())).mean()
+
+    untrained = PooledGuide(model, hidden=32, depth=2)
+    assert kl(fitted.guide, 1) < 0.05 < 0.5 < kl(untrained, 1)
+    assert kl(fitted.guide, 3) < 0.1 * kl(untrained, 3)
