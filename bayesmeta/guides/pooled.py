@@ -30,7 +30,10 @@ class PooledGuide(TaskGuide):
     the two for non-linear models: on sinusoids with a :class:`~bayesmeta.models.NeuralProcessModel`
     decoder, after 3000 steps, 5-shot query MSE 0.30 against 0.79 with ``AmortizedGuide(context=True)``.
     A task with no points gets the prior :math:`p_\theta(\phi)` itself (where it has a mean and a
-    standard deviation): with no data the posterior is the prior.
+    standard deviation): with no data the posterior is the prior. For a model with a linear part
+    (``model.linear_dim > 0``) the Gaussian covers the free part :math:`u` of φ only, and each draw is completed
+    by the exact posterior of the linear part given :math:`u` and the points read
+    (:class:`~bayesmeta.guides.linear.ConditionallyGaussian`).
 
     Args:
         model: the model whose ``"phi"`` site this guide covers.

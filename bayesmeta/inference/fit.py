@@ -366,6 +366,11 @@ def _diagonal_normal(d: dist.Distribution) -> dist.Normal:
 
 def check_diagonal_gaussian(model: HierarchicalModel, guide: TaskGuide, tasks: TaskSet) -> None:
     """Free bits needs the KL per coordinate in closed form: a diagonal Gaussian guide and prior over φ."""
+    if model.linear_dim:
+        raise ValueError(
+            f"free_bits: not available for a model with a linear part ({type(model).__name__} has linear_dim="
+            f"{model.linear_dim}: its guide is exact over that part, not a diagonal Gaussian); use kl_anneal_steps, "
+            "or free_bits=0")
     with torch.no_grad(), theta_fixed(model, guide.theta_point()):
         for what, d in (("the guide's posterior", guide.posterior(tasks[:1], torch.arange(1, device=model.device))),
                         ("the model's local_prior()", model.local_prior())):

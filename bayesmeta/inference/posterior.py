@@ -62,7 +62,9 @@ class TaskPosterior:
     r"""The posterior over :math:`\phi` of each task in a support set, under a learned prior.
 
     Holds either a distribution (a Gaussian for ``amortized``, ``svi``, ``exact``; a mixture of Gaussians from
-    a :class:`~bayesmeta.guides.MixtureGuide`) or draws (``nuts``, ``importance``; kept by chain).
+    a :class:`~bayesmeta.guides.MixtureGuide`; for a model with a linear part, either of these over the free part
+    completed by the exact posterior of the linear part, a
+    :class:`~bayesmeta.guides.linear.ConditionallyGaussian`) or draws (``nuts``, ``importance``; kept by chain).
 
     Attributes:
         model: the model with the learned :math:`\theta`.

@@ -147,6 +147,16 @@ def test_conditionally_gaussian_shapes_density_and_moments():
         ConditionallyGaussian(dist.Normal(torch.zeros(4, 3), 1.0).to_event(1), model, data)
 
 
+def test_fit_prior_runs_particles_and_refuses_free_bits_on_a_linear_part():
+    model = NeuralProcessModel(latent_dim=2, hidden=8, depth=1, output_layer="task")
+    train = bm.tasks.GPFunctions().sample(num_tasks=40, support=5, query=5, seed=0)
+    prior = bm.fit_prior(model, train, guide="pooled", steps=3, batch_tasks=8, num_particles=4, progress=False,
+                         guide_options={"hidden": 8})
+    assert len(prior.history["elbo"]) == 3 and len(prior.history["kl_per_dim"][-1]) == 2
+    with pytest.raises(ValueError, match="free_bits: not available for a model with a linear part"):
+        bm.fit_prior(model, train, guide="pooled", steps=3, free_bits=0.5, progress=False)
+
+
 def test_guides_that_cannot_cover_a_linear_part_say_so():
     model = NeuralProcessModel(latent_dim=2, hidden=8, output_layer="task")
     for kind in ("amortized", "gradient", "per_task"):
