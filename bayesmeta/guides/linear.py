@@ -121,8 +121,8 @@ def linear_posterior(model: Any, free: Tensor, data: TaskData) -> dist.Multivari
     and :func:`linear_predictive` work through them in chunks without forming :math:`\Lambda^{-1}`.
     """
     conditional = _Conditional(model, free, data)
-    precision = conditional.tril @ conditional.tril.mT
-    return dist.MultivariateNormal(conditional.loc.to(free.dtype), precision_matrix=precision.to(free.dtype))
+    exact = dist.MultivariateNormal(conditional.loc, precision_matrix=conditional.tril @ conditional.tril.mT)
+    return dist.MultivariateNormal(exact.loc.to(free.dtype), scale_tril=exact.scale_tril.to(free.dtype))
 
 
 def _cost(model: Any, points: int) -> int:
