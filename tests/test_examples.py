@@ -78,3 +78,13 @@ def test_posterior_entropy_quick(tmp_path, monkeypatch, capsys, one_thread):
         assert text in out, text
     for name in ("posterior_entropy.png", "posterior_forest.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_gp_functions_quick(tmp_path, monkeypatch, capsys, one_thread):
+    script = EXAMPLES / "gp_functions.py"
+    monkeypatch.setattr(sys, "argv", [str(script), "--quick", "--out", str(tmp_path)])
+    runpy.run_path(str(script), run_name="__main__")
+    out = capsys.readouterr().out
+    assert "KL per latent coordinate" in out and "exact GP, true kernel" in out
+    assert len([line for line in out.splitlines() if line.strip().startswith(("5 ", "10 ", "20 "))]) == 3
+    assert (tmp_path / "gp_functions.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

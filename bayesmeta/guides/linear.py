@@ -79,10 +79,10 @@ def free_prior(model: Any) -> dist.Independent:
     return dist.Normal(loc[: free_dim(model)], scale[: free_dim(model)]).to_event(1)
 
 
-class _Conditional:
+class _Primal:
     r""":math:`p(w \mid u, D) = \mathcal N(m, \Lambda^{-1})` held as ``loc`` :math:`m` and ``tril``, the lower Cholesky
-    factor of the precision :math:`\Lambda` (float64; batch ``... x T``): draws, densities and variances along
-    directions need only triangular solves against it."""
+    factor of the precision :math:`\Lambda` (float64; batch ``... x T``): an ``L x L`` factorization per draw and
+    task, the cheaper form when the data hold more numbers than ``L``."""
 
     def __init__(self, model: Any, free: Tensor, data: TaskData) -> None:
         offset, design, scale = model.linear_design(free, data.x)
@@ -112,6 +112,70 @@ class _Conditional:
         return solved.pow(2).sum(-2).unflatten(-1, design.shape[-3:-1]).to(self.dtype)
 
 
+class _Dual:
+    r"""The same posterior through the data's side, for data of fewer numbers :math:`n` than ``L``: with
+    :math:`S_0 = \operatorname{diag} s_0^2`, :math:`\Sigma = \operatorname{diag}\sigma^2` and
+    :math:`G = B S_0 B^\top + \Sigma` (``n x n``, the Gaussian process's Gram matrix of the data),
+
+    .. math::
+
+        m = m_0 + S_0 B^\top G^{-1} (y - a - B m_0), \qquad
+        \log|\Lambda| = \log|G| - \log|\Sigma| - \log|S_0|, \qquad
+        (w - m)^\top \Lambda (w - m) = \|S_0^{-1/2}(w - m)\|^2 + \|\Sigma^{-1/2} B (w - m)\|^2,
+
+    and draws by Matheron's rule, :math:`w = w_0 + S_0 B^\top G^{-1}(y - a - B w_0 - e_0)` with :math:`w_0` and
+    :math:`e_0` drawn from the prior and the noise (Wilson et al. 2020, "Efficiently sampling functions from
+    Gaussian process posteriors"). An ``n x n`` factorization per draw and task, nothing ``L x L``. Padded points
+    become independent rows with no features, unit noise and a zero residual, which drop out exactly."""
+
+    def __init__(self, model: Any, free: Tensor, data: TaskData) -> None:
+        offset, design, scale = model.linear_design(free, data.x)
+        self.loc0, self.scale0 = (t.double() for t in linear_prior(model))
+        mask = data.mask[..., None].expand(offset.shape[-3:]).flatten(-2)  # T x (N Dy)
+        self.features = design.double().flatten(-3, -2) * mask[..., None]  # ... x T x n x L
+        self.noise = torch.where(mask, scale.double().flatten(-2), 1.0)  # ... x T x n
+        self.target = ((data.y.double() - offset.double()).flatten(-2) * mask)  # ... x T x n
+        gram = (self.features * self.scale0.pow(2)) @ self.features.mT + torch.diag_embed(self.noise.pow(2))
+        self.gram_tril = torch.linalg.cholesky(gram)
+        self.loc = self.loc0 + self._gain(self.target - self.features @ self.loc0)
+        self.dtype = free.dtype
+
+    def _gain(self, residual: Tensor) -> Tensor:
+        r""":math:`S_0 B^\top G^{-1} r` for ``residual: ... x T x n``: ``... x T x L``."""
+        solved = torch.cholesky_solve(residual[..., None], self.gram_tril)
+        return self.scale0.pow(2) * (self.features.mT @ solved).squeeze(-1)
+
+    def rsample(self) -> Tensor:
+        prior_draw = self.loc0 + self.scale0 * torch.randn_like(self.loc)
+        noise_draw = self.noise * torch.randn_like(self.target)
+        pulled = self.target - (self.features @ prior_draw[..., None]).squeeze(-1) - noise_draw
+        return (prior_draw + self._gain(pulled)).to(self.dtype)
+
+    def log_prob(self, w: Tensor) -> Tensor:
+        centred = w.double() - self.loc
+        quadratic = (centred / self.scale0).pow(2).sum(-1) + \
+            ((self.features @ centred[..., None]).squeeze(-1) / self.noise).pow(2).sum(-1)
+        log_det = (2 * self.gram_tril.diagonal(dim1=-2, dim2=-1).log().sum(-1) - 2 * self.noise.log().sum(-1)
+                   - 2 * self.scale0.log().sum(-1))
+        return (0.5 * log_det - 0.5 * quadratic - 0.5 * self.loc.shape[-1] * _LOG_2PI).to(self.dtype)
+
+    def spread(self, design: Tensor) -> Tensor:
+        r""":math:`\operatorname{diag}(B_* \Lambda^{-1} B_*^\top)
+        = \operatorname{diag}(B_* S_0 B_*^\top) - \|G^{-1/2} B S_0 B_*^\top\|^2` column by column."""
+        rows = design.double().flatten(-3, -2)  # ... x T x (N Dy) x L
+        cross = (self.features * self.scale0.pow(2)) @ rows.mT  # ... x T x n x (N Dy)
+        solved = torch.linalg.solve_triangular(self.gram_tril, cross, upper=False)
+        prior = (rows.pow(2) * self.scale0.pow(2)).sum(-1)
+        return (prior - solved.pow(2).sum(-2)).clamp_min(0).unflatten(-1, design.shape[-3:-1]).to(self.dtype)
+
+
+def _conditional(model: Any, free: Tensor, data: TaskData) -> _Primal | _Dual:
+    r""":math:`p(w \mid u, D)` in whichever form factors the smaller matrix: ``n x n`` data-side when the data hold
+    fewer numbers ``n`` than ``L``, else ``L x L``."""
+    numbers = data.num_points * model.y_dim
+    return _Dual(model, free, data) if 0 < numbers < model.linear_dim else _Primal(model, free, data)
+
+
 def linear_posterior(model: Any, free: Tensor, data: TaskData) -> dist.MultivariateNormal:
     r""":math:`p(w \mid u, D)` for each draw of the free part: ``free: ... x T x free_dim``, ``data``: ``T`` tasks.
 
@@ -120,14 +184,16 @@ def linear_posterior(model: Any, free: Tensor, data: TaskData) -> dist.Multivari
     (``data.mask`` False) carry no weight. For many draws, :func:`complete_linear`, :func:`linear_log_prob`
     and :func:`linear_predictive` work through them in chunks without forming :math:`\Lambda^{-1}`.
     """
-    conditional = _Conditional(model, free, data)
+    conditional = _Primal(model, free, data)
     exact = dist.MultivariateNormal(conditional.loc, precision_matrix=conditional.tril @ conditional.tril.mT)
     return dist.MultivariateNormal(exact.loc.to(free.dtype), scale_tril=exact.scale_tril.to(free.dtype))
 
 
 def _cost(model: Any, points: int) -> int:
-    """Numbers held per draw and task by the algebra over ``points`` points: an ``L x L`` factor and the features."""
-    return model.linear_dim * (model.linear_dim + points * model.y_dim)
+    """Numbers held per draw and task by the algebra over ``points`` points: the features and a factor of the
+    smaller of the two forms."""
+    numbers = points * model.y_dim
+    return numbers * model.linear_dim + min(numbers, model.linear_dim) ** 2
 
 
 def _by_draws(fn: Callable[..., tuple[Tensor, ...]], free: Tensor, *aligned: Tensor, cost: int) -> tuple[Tensor, ...]:
@@ -138,7 +204,7 @@ def _by_draws(fn: Callable[..., tuple[Tensor, ...]], free: Tensor, *aligned: Ten
         return fn(free, *aligned)
     flat = free.reshape(-1, *free.shape[-2:])
     rest = [a.reshape(flat.shape[0], *a.shape[len(lead):]) for a in aligned]
-    size = max(1, CHUNK_ELEMENTS // (free.shape[-2] * cost))
+    size = max(1, CHUNK_ELEMENTS // max(1, free.shape[-2] * cost))
     parts = [fn(flat[i:i + size], *(a[i:i + size] for a in rest)) for i in range(0, flat.shape[0], size)]
     return tuple(torch.cat(pieces).reshape(*lead, *pieces[0].shape[1:]) for pieces in zip(*parts))
 
@@ -149,7 +215,7 @@ def complete_linear(model: Any, free: Tensor, data: TaskData) -> tuple[Tensor, T
     The draw is reparameterized, so gradients reach ``free`` and θ through it.
     """
     def draw(u: Tensor) -> tuple[Tensor, Tensor]:
-        conditional = _Conditional(model, u, data)
+        conditional = _conditional(model, u, data)
         w = conditional.rsample()
         return torch.cat([u, w], -1), conditional.log_prob(w)
 
@@ -158,7 +224,7 @@ def complete_linear(model: Any, free: Tensor, data: TaskData) -> tuple[Tensor, T
 
 def linear_log_prob(model: Any, free: Tensor, linear: Tensor, data: TaskData) -> Tensor:
     r""":math:`\log p(w \mid u, D)` of ``linear: ... x T x L`` given ``free: ... x T x free_dim``: ``... x T``."""
-    return _by_draws(lambda u, w: (_Conditional(model, u, data).log_prob(w),), free, linear,
+    return _by_draws(lambda u, w: (_conditional(model, u, data).log_prob(w),), free, linear,
                      cost=_cost(model, data.num_points))[0]
 
 
@@ -169,7 +235,7 @@ def linear_predictive(model: Any, free: Tensor, data: TaskData, x: Tensor) -> di
     :math:`\sigma^2 + \operatorname{diag}(B\,\mathrm{Cov}[w]\,B^\top)`.
     """
     def moments(u: Tensor) -> tuple[Tensor, Tensor]:
-        conditional = _Conditional(model, u, data)
+        conditional = _conditional(model, u, data)
         offset, design, scale = model.linear_design(u, x)
         mean = offset + (design @ conditional.loc.to(u.dtype)[..., None, :, None]).squeeze(-1)
         return mean, (scale.pow(2) + conditional.spread(design)).sqrt()

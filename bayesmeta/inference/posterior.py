@@ -132,7 +132,7 @@ class TaskPosterior:
     def _sample_with_theta(self, num_samples: int, seed: int | None) -> tuple[Tensor, dict[str, Tensor]]:
         """Draws of φ and, for a full-Bayes posterior, the θ draws that came with them (same indices)."""
         check_positive(num_samples, "num_samples", integer=True)
-        device = self.mean.device
+        device = self.support.device  # not self.mean: a ConditionallyGaussian computes its mean by Monte Carlo
         with seeded(seed, device):
             if self.distribution is not None:
                 return self.distribution.sample((num_samples,)), {}

@@ -153,22 +153,24 @@ def test_a_task_output_layer_is_the_linear_part_of_phi():
 def test_a_task_output_layer_learns_gp_functions(tmp_path):
     """After a short fit on smooth GP functions, 10 context points raise the predictive log density of held-out
     points above the prior predictive's (paired over tasks), and the fit records the KL of the latent coordinates
-    only. (On the benchmark's family, lengthscales down to 0.1, 300 steps leave this small model overconfident on
+    only. (On the benchmark's family, lengthscales down to 0.1, 400 steps leave this small model overconfident on
     rough functions: that takes the full fit of ``benchmarks/gp_functions.py``.)"""
     family = bm.tasks.GPFunctions(lengthscale=(0.4, 0.6), signal_scale=(0.5, 1.0))
     train = family.sample(num_tasks=1000, support=10, query=10, seed=0)
     test = family.sample(num_tasks=100, support=10, query=20, seed=1)
     model = NeuralProcessModel(latent_dim=2, hidden=32, depth=2, output_layer="task")
-    prior = bm.fit_prior(model, train, guide="pooled", steps=300, batch_tasks=32, lr=2e-3, record_every=100,
+    prior = bm.fit_prior(model, train, guide="pooled", steps=400, batch_tasks=32, lr=3e-3, record_every=100,
                          random_subsets=True, seed=0, progress=False, guide_options={"hidden": 32, "depth": 2})
     assert len(prior.history["kl_per_dim"][-1]) == 2
     scores = {}
     for shots in (0, 10):
         predictive = prior.adapt(test.support.head(shots)).predictive(test.query.x, num_samples=20, seed=0)
-        per_point = torch.logsumexp(predictive.log_prob(test.query.y), 0) - math.log(20)
-        scores[shots] = per_point.mean(-1)
-    gain = scores[10] - scores[0]
+        scores[shots] = (torch.logsumexp(predictive.log_prob(test.query.y), 0) - math.log(20)).mean(-1)
+    gain = scores[10] - scores[0]  # paired over the same 100 tasks (measured: 1.71 ± 0.05 nats per point)
     assert gain.mean() > 4 * gain.std() / len(gain) ** 0.5, gain.mean()
+    # And on most tasks, not through a few: were 10 points no better than none, the count of tasks they improve
+    # would be Binomial(100, 1/2), 50 ± 5 (measured: 98; an untrained model, 48).
+    assert int((gain > 0).sum()) > 50 + 4 * 5, int((gain > 0).sum())
     prior.save(tmp_path / "basis.prior")
     loaded = bm.LearnedPrior.load(tmp_path / "basis.prior")
     before = prior.adapt(test.support).predict(test.query.x, num_samples=5, seed=1)
