@@ -13,7 +13,16 @@ U[0.1, 1]), seen with noise 0.02 at a few inputs (the neural-process benchmark f
 3. plot four functions adapted from 5 and 10 points: the points, the true function, the model's predictive
    mean and 90% band, beside the exact GP's.
 
-Run it:  python examples/gp_functions.py            (the real run)
+What you will see (6000 steps, seed 0; 281 s of training on one core, with another job on the second): the
+noise scale learned as 0.036 (true 0.02) and one latent coordinate in use (1.37 nats). On 500 held-out
+functions, the log density per held-out point is 0.21 / 0.89 / 1.61 for the exact GP and -0.10 / 0.42 / 1.07
+for the meta-learned prior at 5 / 10 / 20 points, 0.31 / 0.47 / 0.54 nats below it paired over the functions,
+with MSE 0.21 / 0.115 / 0.039 against the floor's 0.18 / 0.086 / 0.026. In the plot the learned bands pinch at
+every point and widen between them, as the GP's do. ``docs/gp_functions.md`` trains the same model longer and
+compares it with neural processes whose output layer is shared (about 1 nat further below the floor at 10
+points).
+
+Run it:  python examples/gp_functions.py            (the real run: about 6 minutes on one core)
          python examples/gp_functions.py --quick    (a few seconds: a smoke test)
 """
 from __future__ import annotations
