@@ -19,8 +19,8 @@ functions, the log density per held-out point is 0.21 / 0.89 / 1.61 for the exac
 for the meta-learned prior at 5 / 10 / 20 points, 0.31 / 0.47 / 0.54 nats below it paired over the functions,
 with MSE 0.21 / 0.115 / 0.039 against the floor's 0.18 / 0.086 / 0.026. In the plot the learned bands pinch at
 every point and widen between them, as the GP's do. ``docs/gp_functions.md`` trains the same model longer and
-compares it with neural processes whose output layer is shared (about 1 nat further below the floor at 10
-points).
+compares it with neural processes whose output layer is shared (0.7 nats per point further below the floor at
+10 points).
 
 Run it:  python examples/gp_functions.py            (the real run: about 6 minutes on one core)
          python examples/gp_functions.py --quick    (a few seconds: a smoke test)

@@ -49,7 +49,11 @@ class NeuralProcessModel(bm.HierarchicalModel):
     on learned features, a Gaussian process with a kernel :math:`h(x, z)^\top S\, h(x', z)` chosen by the latent
     (a meta-learned Bayesian last layer: Harrison et al. 2018, "Meta-Learning Priors for Efficient Online
     Bayesian Regression"). Its predictive follows every context point as a GP's does, which a global latent
-    read by a shared decoder cannot (``docs/gp_functions.md``).
+    read by a shared decoder cannot: on GP functions of random kernel, at 10 context points, it is 0.39 nats per
+    target point below the exact GP with each task's true kernel (0.30 with importance sampling over z), where
+    the heteroscedastic model with a shared output layer is 1.09 below (``docs/gp_functions.md``). Each draw of
+    :math:`z` costs a solve for the posterior of :math:`w`, whose size is the smaller of ``hidden * y_dim`` and
+    the task's number of points.
 
     Such models can ignore their latent (the decoder learns the mean function): fit with
     ``kl_anneal_steps`` (or ``free_bits``) and watch ``prior.history["kl_per_dim"]``; a coordinate near 0 is
