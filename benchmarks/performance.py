@@ -134,8 +134,10 @@ def step_section(train: bm.TaskSet, s: Settings) -> str:
         "",
         "A ratio near 1 means a step is all fixed overhead (Python, Pyro's tracing, the optimizer over θ); where it "
         "is larger, the 64 tasks' arithmetic itself shows: the neural process's decoder runs 3 layers of 128 units "
-        "on 64 × 20 points forward and backward, and the gradient guide differentiates through 5 inner steps over "
-        "64 × 1761 weights. That arithmetic is what more threads share out, the overhead is not, so the ratio falls "
+        "on 64 × 20 points forward and backward, the gradient guide differentiates through 5 inner steps over "
+        "64 × 1761 weights, and the per-task output layer adds, in every task, the exact posterior of that layer "
+        "(a Cholesky factor of the 20 × 20 Gram matrix of the task's points, forward and backward). That arithmetic "
+        "is what more threads share out, the overhead is not, so the ratio falls "
         "with threads. Either way the tasks are one batched program: a Python loop over tasks would cost 64× "
         "one task (and gain nothing from threads).",
     ])
