@@ -173,6 +173,36 @@ def test_the_steps_are_differentiable(update, per_parameter):
 
 
 @pytest.mark.parametrize("update", UPDATES)
+def test_closed_form_gradients_are_autograd_through_the_loss(update):
+    """For a diagonal Normal prior the steps differentiate only the likelihood and write the KL's and the
+    reparameterization's gradients out: they must equal autograd through the whole loss, and so must their own
+    gradients with respect to θ (what meta-training differentiates), to rounding in float64."""
+    model = _Tiny()
+    guide = GradientGuide(model, steps=1, num_samples=4, update=update).double()
+    torch.manual_seed(2)
+    tasks = bm.TaskSet.from_arrays(torch.randn(3, 5, 1, dtype=torch.float64), torch.randn(3, 5, 1, dtype=torch.float64),
+                                   support_mask=torch.tensor([[True] * 5, [True, True, False, False, False], [True] + [False] * 4]))
+    data = tasks.support
+    theta = [t.requires_grad_(True) for t in (model.loc, model.scale, model.noise)]
+    loc = model.loc + 0.3 * torch.randn(3, 2, dtype=torch.float64)  # in the graph back to θ, as after a step
+    log_scale = model.scale.log() + 0.2 * torch.randn(3, 2, dtype=torch.float64)
+    noise = torch.randn(4, 3, 2, dtype=torch.float64)
+    prior = model.local_prior()
+    loss, unit = guide._loss(data, prior, True, loc, log_scale, noise)
+    expected = torch.autograd.grad(loss.sum(), [loc, log_scale], create_graph=True)
+    got = guide._gradients(data, prior, loc, log_scale, noise, differentiable=True)
+    for a, b in zip(got[:2], expected):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    if update == "scaled":
+        torch.testing.assert_close(got[2], unit, rtol=1e-12, atol=0.0)
+    weights = torch.randn(2, 3, 2, dtype=torch.float64)  # a generic scalar of the two gradients
+    outer = [torch.autograd.grad((weights[0] * g_loc + weights[1] * g_scale).sum(), theta, retain_graph=True)
+             for g_loc, g_scale in (got[:2], expected)]
+    for a, b in zip(*outer):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("update", UPDATES)
 def test_many_small_steps_reach_the_exact_posterior_of_a_conjugate_model(update):
     r"""Linear-Gaussian model: :math:`\mathbb E_\varepsilon \nabla_m L = \Lambda m - \eta` whatever :math:`s`, and
     antithetic draws (an even ``num_samples``) make the draws' term, linear in :math:`\varepsilon`, cancel exactly.
