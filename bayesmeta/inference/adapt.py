@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from torch import Tensor
 
 from bayesmeta.guides.base import theta_fixed
-from bayesmeta.guides.linear import ConditionallyGaussian, complete_linear
+from bayesmeta.guides.linear import ConditionallyGaussian, complete_linear, free_prior
 from bayesmeta.inference.checks import check_positive, check_support
 from bayesmeta.inference.full_bayes import check_continuous, nuts_options
 from bayesmeta.inference.importance import adapt_importance
@@ -119,8 +119,16 @@ def adapt_svi(
     vanishes as :math:`q` reaches the posterior, so the fit converges rather than jittering around it.
     The learning rate decays by 10x over ``steps``.
 
+    The optimizer works in coordinates :math:`z = (\phi - m_0) / \sigma_0`: :math:`m_0` the starting mean and
+    :math:`\sigma_0` the prior's standard deviation of each coordinate (1 where the prior has none). Adam moves
+    every coordinate by about ``lr`` per step whatever its gradient's size, so in φ's own units a step of 0.05
+    would cross many posterior widths of a weight whose prior scale is 0.01 (a 1-40-40-1 BNN's 5-shot MSE went
+    from 0.105 amortized to 0.64 after "refinement"); in these units ``lr`` is a fraction of each coordinate's
+    prior spread. The optimum is the same: only the optimizer's geometry changes.
+
     Args:
-        steps: optimizer steps; lr: initial Adam learning rate; num_particles: draws of φ per task and step.
+        steps: optimizer steps; lr: initial Adam learning rate, in prior standard deviations of each
+            coordinate; num_particles: draws of φ per task and step.
     """
     check_positive(steps, "steps", integer=True)
     check_positive(lr, "lr")
@@ -134,13 +142,18 @@ def adapt_svi(
         start = start.free
     # A diagonal start (high-dimensional φ) is refined as a diagonal Gaussian: phi_dim^2 per task is too much.
     diagonal = not isinstance(start, dist.MultivariateNormal)
-    loc = start.mean.detach().clone().requires_grad_(True)
+    # The Gaussian is held over z = (φ - origin) / unit (see the docstring): mean 0 and tril diag(1/unit) L_0 at the start.
+    origin = start.mean.detach()
+    unit = _prior_scale(prior, linear).to(origin).expand(origin.shape)
+    loc = torch.zeros_like(origin).requires_grad_(True)
     tril = torch.diag_embed(start.stddev.detach()) if diagonal else start.scale_tril.detach()
+    tril = tril / unit[..., None]
     log_diag = tril.diagonal(dim1=-2, dim2=-1).log().clone().requires_grad_(True)
     off_diag = None if diagonal else tril.tril(-1).clone().requires_grad_(True)
     optimizer = torch.optim.Adam([t for t in (loc, log_diag, off_diag) if t is not None], lr=lr)
     schedule = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=0.1 ** (1.0 / steps))
     generator = torch.Generator(device=loc.device).manual_seed(seed)
+    log_unit = unit.log().sum(-1)
 
     def gaussian(detach: bool = False) -> dist.Distribution:
         mean, log_scale = (loc.detach(), log_diag.detach()) if detach else (loc, log_diag)
@@ -154,9 +167,10 @@ def adapt_svi(
             optimizer.zero_grad(set_to_none=True)
             noise = torch.randn((num_particles,) + loc.shape, generator=generator, device=loc.device, dtype=loc.dtype)
             q = gaussian()
-            phi = loc + (noise * log_diag.exp() if diagonal else (q.scale_tril @ noise[..., None]).squeeze(-1))
-            # Sticking the landing: log q with its parameters detached (see the docstring).
-            log_q = gaussian(detach=True).log_prob(phi)
+            z = loc + (noise * log_diag.exp() if diagonal else (q.scale_tril @ noise[..., None]).squeeze(-1))
+            phi = origin + unit * z
+            # Sticking the landing: log q with its parameters detached (see the docstring). q(φ) = q(z) / Π unit.
+            log_q = gaussian(detach=True).log_prob(z) - log_unit
             if linear:
                 with theta_fixed(prior.model, prior.guide.theta_point()):
                     phi, log_q_linear = complete_linear(prior.model, phi, tasks.support)
@@ -169,9 +183,27 @@ def adapt_svi(
             schedule.step()
     with torch.no_grad():
         q = gaussian(detach=True)
+        if diagonal:
+            q = dist.Normal(origin + unit * q.base_dist.loc, unit * q.base_dist.scale).to_event(1)
+        else:
+            q = dist.MultivariateNormal(origin + unit * q.loc, scale_tril=unit[..., None] * q.scale_tril)
     if linear:
         q = ConditionallyGaussian(q, prior.model, tasks.support)
     return TaskPosterior(prior.model, tasks, "svi", distribution=q, diagnostics=_theta_used(prior))
+
+
+def _prior_scale(prior: Any, linear: bool) -> Tensor:
+    """The prior's standard deviation of each coordinate the SVI Gaussian covers (the free part for a linear model);
+    ones where the prior has none."""
+    with torch.no_grad(), theta_fixed(prior.model, prior.guide.theta_point()):
+        local = free_prior(prior.model) if linear else prior.model.local_prior()
+        try:
+            scale = local.stddev
+        except NotImplementedError:
+            scale = None
+    if scale is None or not bool(torch.isfinite(scale).all() and (scale > 0).all()):
+        return torch.ones(local.event_shape[-1:] if local.event_shape else (1,))
+    return scale.detach()
 
 
 def adapt_nuts(

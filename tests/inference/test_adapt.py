@@ -42,6 +42,31 @@ def test_svi_from_the_prior_reaches_exact(linear_test):
     assert kl.max() <= 0.01, kl.max()
 
 
+def test_svi_works_in_units_of_the_prior_scale(linear_test):
+    """The same problem with φ in units a thousand times smaller (prior and posterior widths ~1e-3): SVI reaches
+    the exact posterior there as well, and its answer is the first one rescaled, because the optimizer runs in
+    prior standard deviations. (In φ's own units Adam's steps of ~lr = 0.05 would be 50 prior widths.)"""
+    from bayesmeta.guides import PerTaskGuide
+    from bayesmeta.models import HierarchicalLinearRegression
+
+    support = linear_test.support[:20].head(3)
+    c = 1e-3
+    answers = []
+    for factor in (1.0, c):
+        model = HierarchicalLinearRegression(x_dim=3, bias=False)
+        with torch.no_grad():
+            model.prior_loc.copy_(torch.tensor([0.3, -0.2, 0.1]) * factor)
+            model.prior_scale = torch.tensor([1.0, 0.5, 2.0]) * factor
+        data = bm.TaskData(support.x / factor, support.y, support.mask)
+        prior = bm.LearnedPrior(model, PerTaskGuide(model, num_tasks=1), {}, {})
+        post = prior.adapt(data, method="svi", steps=800, seed=1)
+        kl = kl_divergence(post.distribution, model.exact_posterior(data))
+        assert kl.max() <= 0.01, (factor, kl.max())
+        answers.append(post.distribution)
+    torch.testing.assert_close(answers[1].mean, c * answers[0].mean, rtol=1e-4, atol=1e-4 * c)
+    torch.testing.assert_close(answers[1].scale_tril, c * answers[0].scale_tril, rtol=1e-4, atol=1e-4 * c)
+
+
 def test_nuts_matches_exact_within_monte_carlo_error(amortized_prior, linear_test, exact_3shot):
     tasks = 5
     post = amortized_prior.adapt(linear_test.support[:tasks].head(3), method="nuts",
