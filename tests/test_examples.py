@@ -20,11 +20,20 @@ def one_thread():
     torch.set_num_threads(previous)
 
 
+def run_quick(script: str, out: Path, monkeypatch, capsys) -> str:
+    """Run ``examples/<script> --quick --out <out>`` as ``python`` would; what it printed."""
+    path = EXAMPLES / script
+    monkeypatch.setattr(sys, "argv", [str(path), "--quick", "--out", str(out)])
+    runpy.run_path(str(path), run_name="__main__")
+    return capsys.readouterr().out
+
+
+def is_png(path: Path) -> bool:
+    return path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_linear_walkthrough_quick(tmp_path, monkeypatch, capsys, one_thread):
-    script = EXAMPLES / "linear_walkthrough.py"
-    monkeypatch.setattr(sys, "argv", [str(script), "--quick", "--out", str(tmp_path)])
-    runpy.run_path(str(script), run_name="__main__")
-    out = capsys.readouterr().out
+    out = run_quick("linear_walkthrough.py", tmp_path, monkeypatch, capsys)
     for method in ("amortized", "svi", "exact", "nuts"):
         assert f"\n{method} " in out
     assert "same exact posterior: True" in out
@@ -32,13 +41,10 @@ def test_linear_walkthrough_quick(tmp_path, monkeypatch, capsys, one_thread):
 
 
 def test_fit_prior_on_your_table_quick(tmp_path, monkeypatch, capsys, one_thread):
-    script = EXAMPLES / "fit_prior_on_your_table.py"
-    monkeypatch.setattr(sys, "argv", [str(script), "--quick", "--out", str(tmp_path)])
-    runpy.run_path(str(script), run_name="__main__")
-    out = capsys.readouterr().out
+    out = run_quick("fit_prior_on_your_table.py", tmp_path, monkeypatch, capsys)
     for text in ("TaskSet(40 tasks", "learned mean", "posterior mean ± sd", "later years fall inside"):
         assert text in out
-    assert (tmp_path / "fit_prior_on_your_table.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert is_png(tmp_path / "fit_prior_on_your_table.png")
 
 
 @pytest.mark.parametrize("script", sorted(p.name for p in EXAMPLES.glob("*.py")))
@@ -47,44 +53,32 @@ def test_every_example_has_a_quick_mode(script):
 
 
 def test_sinusoid_meta_learning_quick(tmp_path, monkeypatch, capsys, one_thread):
-    script = EXAMPLES / "sinusoid_meta_learning.py"
-    monkeypatch.setattr(sys, "argv", [str(script), "--quick", "--out", str(tmp_path)])
-    runpy.run_path(str(script), run_name="__main__")
-    out = capsys.readouterr().out
+    out = run_quick("sinusoid_meta_learning.py", tmp_path, monkeypatch, capsys)
     assert "KL per latent coordinate" in out and "Bayes-optimal" in out
     assert len([line for line in out.splitlines() if line.strip().startswith(("1 ", "2 ", "5 ", "10 "))]) == 4
-    assert (tmp_path / "sinusoid_meta_learning.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert is_png(tmp_path / "sinusoid_meta_learning.png")
 
 
 def test_eight_schools_quick(tmp_path, monkeypatch, capsys, one_thread):
-    script = EXAMPLES / "eight_schools.py"
-    monkeypatch.setattr(sys, "argv", [str(script), "--quick", "--out", str(tmp_path)])
-    runpy.run_path(str(script), run_name="__main__")
-    out = capsys.readouterr().out
+    out = run_quick("eight_schools.py", tmp_path, monkeypatch, capsys)
     for text in ("TaskSet(8 tasks", "mu", "tau", "BFMI per chain", "school effects", "Choate",
                  "centred parameterization", "new school, y = 15"):
         assert text in out, text
     for name in ("eight_schools_forest.png", "eight_schools_energy.png"):
-        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert is_png(tmp_path / name)
 
 
 def test_posterior_entropy_quick(tmp_path, monkeypatch, capsys, one_thread):
-    script = EXAMPLES / "posterior_entropy.py"
-    monkeypatch.setattr(sys, "argv", [str(script), "--quick", "--out", str(tmp_path)])
-    runpy.run_path(str(script), run_name="__main__")
-    out = capsys.readouterr().out
+    out = run_quick("posterior_entropy.py", tmp_path, monkeypatch, capsys)
     for text in ("Before any task", "mutual_information", "learned prior H(p(φ | θ̂))", "information_gain",
                  "5-shot posterior entropy per task"):
         assert text in out, text
     for name in ("posterior_entropy.png", "posterior_forest.png"):
-        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert is_png(tmp_path / name)
 
 
 def test_gp_functions_quick(tmp_path, monkeypatch, capsys, one_thread):
-    script = EXAMPLES / "gp_functions.py"
-    monkeypatch.setattr(sys, "argv", [str(script), "--quick", "--out", str(tmp_path)])
-    runpy.run_path(str(script), run_name="__main__")
-    out = capsys.readouterr().out
+    out = run_quick("gp_functions.py", tmp_path, monkeypatch, capsys)
     assert "KL per latent coordinate" in out and "exact GP, true kernel" in out
     assert len([line for line in out.splitlines() if line.strip().startswith(("5 ", "10 ", "20 "))]) == 3
-    assert (tmp_path / "gp_functions.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert is_png(tmp_path / "gp_functions.png")

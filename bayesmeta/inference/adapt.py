@@ -111,16 +111,13 @@ def _start(prior: Any, tasks: TaskSet) -> dist.Distribution:
     start = _initial_gaussian(prior, tasks)
     if prior.guide.kind == "per_task" or isinstance(start, ConditionallyGaussian):
         return start  # per_task: already the prior
-    with torch.no_grad(), theta_fixed(prior.model, prior.guide.theta_point()):
-        local = prior.model.local_prior()
-        try:
-            prior_loc, prior_scale = local.mean, local.stddev
-        except NotImplementedError:
-            return start
-        loc = start.mean
-        prior_loc, prior_scale = prior_loc.to(loc).expand(loc.shape), prior_scale.to(loc).expand(loc.shape)
-        with frozen(prior.model):
-            joint = log_joint(_model_at_theta(prior), tasks, torch.stack([loc, prior_loc]))
+    moments = _prior_moments(prior)
+    if moments is None:
+        return start
+    loc = start.mean
+    prior_loc, prior_scale = (t.to(loc).expand(loc.shape) for t in moments)
+    with torch.no_grad(), theta_fixed(prior.model, prior.guide.theta_point()), frozen(prior.model):
+        joint = log_joint(_model_at_theta(prior), tasks, torch.stack([loc, prior_loc]))
     use_prior = ~torch.isfinite(joint[0]) | (joint[1] > joint[0])
     if not use_prior.any():
         return start
@@ -228,18 +225,25 @@ def adapt_svi(
     return TaskPosterior(prior.model, tasks, "svi", distribution=q, diagnostics=_theta_used(prior))
 
 
-def _prior_scale(prior: Any, linear: bool) -> Tensor:
-    """The prior's standard deviation of each coordinate the SVI Gaussian covers (the free part for a linear model);
-    ones where the prior has none."""
+def _prior_moments(prior: Any, linear: bool = False) -> tuple[Tensor, Tensor] | None:
+    """The mean and standard deviation of each coordinate under the prior at the learned θ (of the free part for a
+    model with a linear part); ``None`` where the prior has none."""
     with torch.no_grad(), theta_fixed(prior.model, prior.guide.theta_point()):
         local = free_prior(prior.model) if linear else prior.model.local_prior()
         try:
-            scale = local.stddev
+            return local.mean.detach(), local.stddev.detach()
         except NotImplementedError:
-            scale = None
+            return None
+
+
+def _prior_scale(prior: Any, linear: bool) -> Tensor:
+    """The prior's standard deviation of each coordinate the SVI Gaussian covers (the free part for a linear model);
+    ones where the prior has none."""
+    moments = _prior_moments(prior, linear)
+    scale = None if moments is None else moments[1]
     if scale is None or not bool(torch.isfinite(scale).all() and (scale > 0).all()):
-        return torch.ones(local.event_shape[-1:] if local.event_shape else (1,))
-    return scale.detach()
+        return torch.ones(1)  # broadcast over the coordinates
+    return scale
 
 
 def adapt_nuts(
