@@ -29,6 +29,14 @@ class SinusoidModel(bm.HierarchicalModel):
     while the prior stays Gaussian on :math:`\mathbb R^2` (so every guide and adapt method applies).
     :meth:`amplitude_phase` maps draws back to :math:`(A, p)`.
 
+    Which guide meta-trains :math:`\theta` matters for :math:`\sigma`: the ELBO's gap, the KL from the guide
+    to each task's posterior, depends on :math:`\theta` too, and a larger :math:`\sigma` flattens posteriors
+    that a Gaussian fits badly (at small amplitudes the phase is nearly free). On 2000 sinusoid tasks of 20
+    points (3000 steps), ``guide="amortized"`` with ``context=True`` learned :math:`\sigma` = 0.20 on
+    noiseless tasks and 0.39 on tasks with noise 0.3, and NUTS, exact under that :math:`\theta`, then
+    over-covered (90% intervals held 95–96% of the points); ``guide="pooled"`` with ``random_subsets=True``
+    (``lr=1e-2``) learned 0.089 and 0.32 (``benchmarks/sinusoid_noisy.py``).
+
     Args:
         noise_floor: lower bound of the observation noise :math:`\sigma`.
 
