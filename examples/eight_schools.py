@@ -61,9 +61,9 @@ def main(quick: bool = False, out: str = "runs") -> None:
 
     axes = az.plot_forest(idata, var_names=["phi"], combined=True, hdi_prob=0.9, figsize=(6, 4))
     axes[0].set_title("School effects, 90% intervals")
-    axes[0].figure.savefig(out_dir / "eight_schools_forest.png", dpi=120, bbox_inches="tight")
+    bm.evaluation.save_figure(axes[0].figure, out_dir / "eight_schools_forest.png", dpi=120, bbox_inches="tight")
     ax = az.plot_energy(idata, figsize=(6, 4))
-    ax.figure.savefig(out_dir / "eight_schools_energy.png", dpi=120, bbox_inches="tight")
+    bm.evaluation.save_figure(ax.figure, out_dir / "eight_schools_energy.png", dpi=120, bbox_inches="tight")
     plt.close("all")
 
     # ------------------------------------------------------------------ 2. the centred form's funnel

@@ -120,8 +120,7 @@ def save_plot(path: Path, known: pd.DataFrame, values: np.ndarray, curve: bm.Pre
     axes.set(xlabel="market value ($bn)", ylabel="investment ($100M)",
              title=f"a new firm, capital fixed at {capital:.2f} $bn")
     axes.legend(fontsize="small")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
+    bm.evaluation.save_figure(figure, path, dpi=110)
 
 
 if __name__ == "__main__":

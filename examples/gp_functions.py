@@ -94,9 +94,7 @@ def main(quick: bool = False, out: str = "runs") -> None:
               for ell, s in zip(four.params["lengthscale"].tolist(), four.params["signal_scale"].tolist())]
     figure = band_figure(grid, rows, titles=titles)
     figure.suptitle("held-out GP functions: the exact GP with the true kernel against the meta-learned prior, 90% bands")
-    path = Path(out) / "gp_functions.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=100)
+    path = bm.evaluation.save_figure(figure, Path(out) / "gp_functions.png", dpi=100)
     print(f"\nwrote {path}")
 
 

@@ -69,14 +69,14 @@ def main(quick: bool = False, out: str = "runs") -> None:
     print(f"\n5-shot posterior entropy per task: first three {[round(v, 3) for v in per_task.value[:3].tolist()]} "
           f"({per_task.method})")
     figure = report.plot()
-    figure.savefig(out_dir / "posterior_entropy.png", dpi=120, bbox_inches="tight")
+    bm.evaluation.save_figure(figure, out_dir / "posterior_entropy.png", dpi=120, bbox_inches="tight")
 
     # ---------------------------------------------------------------- 4. the same posterior in ArviZ
     idata = bm.diagnostics.to_inference_data(post, num_samples=500)
     axes = az.plot_forest(idata, var_names=["phi"], coords={"task": idata.posterior.task.values[:4]},
                           combined=True, hdi_prob=0.9, figsize=(6, 4))
     axes[0].set_title("5-shot posteriors of four tasks, 90% intervals")
-    axes[0].figure.savefig(out_dir / "posterior_forest.png", dpi=120, bbox_inches="tight")
+    bm.evaluation.save_figure(axes[0].figure, out_dir / "posterior_forest.png", dpi=120, bbox_inches="tight")
     plt.close("all")
     print(f"figures: {out_dir / 'posterior_entropy.png'}, {out_dir / 'posterior_forest.png'}")
 

@@ -78,9 +78,7 @@ def main(quick: bool = False, out: str = "runs") -> None:
     titles = [f"A={a:.2f}, p={p:.2f}" for a, p in zip(six.params["amplitude"].tolist(), six.params["phase"].tolist())]
     figure = band_figure(grid, rows, truth=family.function(grid, six.params), titles=titles)
     figure.suptitle("held-out tasks: amortized neural process, 90% bands")
-    path = Path(out) / "sinusoid_meta_learning.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=100)
+    path = bm.evaluation.save_figure(figure, Path(out) / "sinusoid_meta_learning.png", dpi=100)
     print(f"\nwrote {path}")
 
 if __name__ == "__main__":

@@ -115,7 +115,7 @@ def _benchmark(args: argparse.Namespace, budget: Budget, out: Path) -> int:
     for metric in ("mse", "nll", "coverage"):
         figure = bm.evaluation.plot_benchmark(table, metric=metric)
         figure.axes[0].set_title(f"{args.family}, budget {args.budget}", fontsize="medium")
-        atomic_write(out / f"{metric}.png", lambda f, figure=figure: figure.savefig(f, format="png", dpi=110))
+        bm.evaluation.save_figure(figure, out / f"{metric}.png", dpi=110)
     print(f"\nwrote {out / 'results.csv'} and mse.png, nll.png, coverage.png in {time.perf_counter() - start:.0f} s")
     return 0
 

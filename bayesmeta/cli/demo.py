@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from bayesmeta._files import atomic_write
+from bayesmeta.evaluation.plots import save_figure
 from bayesmeta.cli._common import check_device, torch_threads
 
 SHOTS = (1, 2, 5, 10)
@@ -193,7 +194,7 @@ def write_outputs(settings: DemoSettings, prior: Any, family: Any, test: Any, ro
     atomic_write(paths[1], lambda f: f.write(text.encode()))
     figures = (tasks_figure(prior, family, test, settings), elbo_figure(prior.history, settings.tasks))
     for path, figure in zip(paths[2:], figures):
-        atomic_write(path, lambda f, figure=figure: figure.savefig(f, format="png", dpi=100))
+        save_figure(figure, path, dpi=100)
     return paths
 
 

@@ -17,6 +17,7 @@ from bayesmeta.evaluation.metrics import (
     mse,
     summarize,
 )
+from bayesmeta.evaluation.plots import save_figure
 
 __all__ = ["mse", "gaussian_nll", "interval_coverage", "accuracy", "categorical_nll", "expected_calibration_error",
-           "summarize", "benchmark", "adapting", "bayes_floor", "plot_benchmark", "FLOOR"]
+           "summarize", "benchmark", "adapting", "bayes_floor", "plot_benchmark", "save_figure", "FLOOR"]

@@ -5,18 +5,45 @@ figure state — so they can be saved from scripts, tests and worker processes a
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 from torch import Tensor
 
+from bayesmeta._files import atomic_write
 from bayesmeta.inference.posterior import Prediction
 from bayesmeta.tasks.taskset import TaskData
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-__all__ = ["band_figure", "gaussian_band"]
+__all__ = ["band_figure", "gaussian_band", "save_figure"]
+
+
+def save_figure(figure: Figure, path: str | os.PathLike, dpi: int = 100, **savefig_kwargs: Any) -> Path:
+    """Write ``figure`` to ``path`` atomically and return the path; the format comes from the suffix.
+
+    ``figure.savefig`` streams into a temporary file in the same folder, which then replaces ``path``
+    (:func:`bayesmeta._files.atomic_write`): a crash while drawing leaves the previous file or none, never a
+    truncated image. Missing folders are created.
+
+    >>> import tempfile
+    >>> from matplotlib.figure import Figure
+    >>> path = save_figure(Figure(), Path(tempfile.mkdtemp()) / "plots" / "empty.png")
+    >>> path.read_bytes()[:4]
+    b'\\x89PNG'
+    """
+    path = Path(path)
+    kind = path.suffix.lstrip(".").lower()
+    if not kind:
+        raise ValueError(f"path: expected a file name with a suffix that names the format (.png, .pdf, .svg), got {str(path)!r}")
+    supported = figure.canvas.get_supported_filetypes()
+    if kind not in supported:
+        raise ValueError(f"path: matplotlib cannot write {kind!r} files; expected one of {sorted(supported)}, got {str(path)!r}")
+    atomic_write(path, lambda handle: figure.savefig(handle, format=kind, dpi=dpi, **savefig_kwargs))
+    return path
 
 
 def gaussian_band(pred: Prediction, level: float = 0.9) -> tuple[Tensor, Tensor]:
