@@ -136,8 +136,9 @@ def adapt_svi(
     num_particles: int = 16,
     seed: int = 0,
     progress: bool = False,
+    covariance: str = "auto",
 ) -> TaskPosterior:
-    r"""A full-covariance Gaussian per task, started at the amortized guess and refined by SVI.
+    r"""A Gaussian per task, started at the amortized guess and refined by SVI.
 
     A task whose log joint is higher at the prior's mean than at the guess starts at the prior instead
     (the guess can be far off on support sets unlike the guide's training sets).
@@ -162,10 +163,18 @@ def adapt_svi(
     Args:
         steps: optimizer steps; lr: initial Adam learning rate, in prior standard deviations of each
             coordinate; num_particles: draws of φ per task and step.
+        covariance: ``"full"``, ``"diag"`` or ``"auto"`` (default): the form of the guess — full where the
+            guide gives a ``MultivariateNormal``, diagonal where it gives a diagonal Gaussian, as a high-dimensional
+            φ (a BNN's weights) needs: ``phi_dim²`` numbers per task are too many there. A diagonal guide over a
+            small φ (the pooled encoder's) is refined with correlations by ``"full"``: for a
+            :class:`~bayesmeta.models.SinusoidModel` on noisy sinusoids (σ = 0.3, 200 tasks, 2 shots) the 90%
+            intervals then held 84% of the query points instead of 81%, NLL 1.00 nats instead of 1.09.
     """
     check_positive(steps, "steps", integer=True)
     check_positive(lr, "lr")
     check_positive(num_particles, "num_particles", integer=True)
+    if covariance not in ("auto", "full", "diag"):
+        raise ValueError(f"covariance: expected 'auto', 'full' or 'diag', got {covariance!r}")
     model = _model_at_theta(prior)
     start = _start(prior, tasks)
     # A model with a linear part: the Gaussian is over the free part, each draw completed by the exact
@@ -173,13 +182,16 @@ def adapt_svi(
     linear = isinstance(start, ConditionallyGaussian)
     if linear:
         start = start.free
-    # A diagonal start (high-dimensional φ) is refined as a diagonal Gaussian: phi_dim^2 per task is too much.
-    diagonal = not isinstance(start, torch.distributions.MultivariateNormal)
+    # "auto": a diagonal start (high-dimensional φ) is refined as a diagonal Gaussian: phi_dim^2 per task is too much.
+    full_start = isinstance(start, torch.distributions.MultivariateNormal)
+    diagonal = covariance == "diag" or (covariance == "auto" and not full_start)
+    if full_start and diagonal:  # a full guess refined as diagonal starts from its marginals
+        start = dist.Normal(start.mean, start.stddev).to_event(1)
     # The Gaussian is held over z = (φ - origin) / unit (see the docstring): mean 0 and tril diag(1/unit) L_0 at the start.
     origin = start.mean.detach()
     unit = _prior_scale(prior, linear).to(origin).expand(origin.shape)
     loc = torch.zeros_like(origin).requires_grad_(True)
-    tril = torch.diag_embed(start.stddev.detach()) if diagonal else start.scale_tril.detach()
+    tril = start.scale_tril.detach() if full_start and not diagonal else torch.diag_embed(start.stddev.detach())
     tril = tril / unit[..., None]
     log_diag = tril.diagonal(dim1=-2, dim2=-1).log().clone().requires_grad_(True)
     off_diag = None if diagonal else tril.tril(-1).clone().requires_grad_(True)

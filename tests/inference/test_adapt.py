@@ -96,6 +96,35 @@ def test_svi_works_in_units_of_the_prior_scale(linear_test):
     torch.testing.assert_close(answers[1].scale_tril, c * answers[0].scale_tril, rtol=1e-4, atol=1e-4 * c)
 
 
+def test_svi_covariance_full_refines_a_diagonal_guess_with_correlations(amortized_prior, linear_test, monkeypatch,
+                                                                       exact_3shot):
+    """A guide with a diagonal Gaussian (as the pooled encoder's): by default SVI stays diagonal, as it must for a
+    BNN's thousands of weights, and cannot reach the correlated exact posterior; covariance="full" reaches it. And
+    "diag" turns a full guess into a diagonal refinement."""
+    support = linear_test.support[:30].head(3)
+    exact = exact_3shot.distribution
+    exact = torch.distributions.MultivariateNormal(exact.mean[:30], scale_tril=exact.scale_tril[:30])
+    honest = amortized_prior.guide.posterior
+    diag = amortized_prior.adapt(support, method="svi", steps=600, covariance="diag").distribution
+    assert not isinstance(diag, torch.distributions.MultivariateNormal)
+    monkeypatch.setattr(amortized_prior.guide, "posterior",
+                        lambda tasks, index=None: pyro.distributions.Normal(honest(tasks, index).mean,
+                                                                            honest(tasks, index).stddev).to_event(1))
+    auto = amortized_prior.adapt(support, method="svi", steps=600).distribution
+    full = amortized_prior.adapt(support, method="svi", steps=600, covariance="full").distribution
+    assert isinstance(full, torch.distributions.MultivariateNormal)
+    as_full = lambda q: torch.distributions.MultivariateNormal(q.mean, scale_tril=torch.diag_embed(q.stddev))  # noqa: E731
+    kl_auto, kl_diag = kl_divergence(as_full(auto), exact), kl_divergence(as_full(diag), exact)
+    kl_full = kl_divergence(full, exact)
+    # The best diagonal Gaussian misses the correlations by the same KL, whichever guess it started from (measured:
+    # 1.18 nats per task on average, 0.68 at least); the full one reaches the exact posterior (measured: 5e-7).
+    assert kl_auto.min() >= 0.3, kl_auto.min()
+    torch.testing.assert_close(kl_auto, kl_diag, rtol=1e-2, atol=1e-3)
+    assert kl_full.max() <= 0.01, kl_full.max()
+    with pytest.raises(ValueError, match="covariance: expected 'auto', 'full' or 'diag', got 'dense'"):
+        amortized_prior.adapt(support, method="svi", covariance="dense")
+
+
 def test_nuts_matches_exact_within_monte_carlo_error(amortized_prior, linear_test, exact_3shot):
     tasks = 5
     post = amortized_prior.adapt(linear_test.support[:tasks].head(3), method="nuts",
