@@ -24,7 +24,6 @@ from typing import Any
 import torch
 
 from bayesmeta._files import atomic_write
-from bayesmeta.evaluation.plots import save_figure
 from bayesmeta.cli._common import check_device, torch_threads
 
 SHOTS = (1, 2, 5, 10)
@@ -179,6 +178,8 @@ def write_outputs(settings: DemoSettings, prior: Any, family: Any, test: Any, ro
 
     Each file is written atomically: a crash leaves the previous file or none, never half of one.
     """
+    from bayesmeta.evaluation.plots import save_figure
+
     out = settings.out
     paths = [out / name for name in FILES]
     prior.save(paths[0])

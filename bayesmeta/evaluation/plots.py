@@ -38,10 +38,12 @@ def save_figure(figure: Figure, path: str | os.PathLike, dpi: int = 100, **savef
     path = Path(path)
     kind = path.suffix.lstrip(".").lower()
     if not kind:
-        raise ValueError(f"path: expected a file name with a suffix that names the format (.png, .pdf, .svg), got {str(path)!r}")
+        raise ValueError(
+            f"path: expected a file name with a suffix that names the format (.png, .pdf, .svg), got {str(path)!r}")
     supported = figure.canvas.get_supported_filetypes()
     if kind not in supported:
-        raise ValueError(f"path: matplotlib cannot write {kind!r} files; expected one of {sorted(supported)}, got {str(path)!r}")
+        raise ValueError(
+            f"path: matplotlib cannot write {kind!r} files; expected one of {sorted(supported)}, got {str(path)!r}")
     atomic_write(path, lambda handle: figure.savefig(handle, format=kind, dpi=dpi, **savefig_kwargs))
     return path
 

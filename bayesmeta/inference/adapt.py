@@ -187,7 +187,8 @@ def adapt_svi(
     diagonal = covariance == "diag" or (covariance == "auto" and not full_start)
     if full_start and diagonal:  # a full guess refined as diagonal starts from its marginals
         start = dist.Normal(start.mean, start.stddev).to_event(1)
-    # The Gaussian is held over z = (φ - origin) / unit (see the docstring): mean 0 and tril diag(1/unit) L_0 at the start.
+    # The Gaussian is held over z = (φ - origin) / unit (see the docstring): mean 0 and tril diag(1/unit) L_0 at the
+    # start.
     origin = start.mean.detach()
     unit = _prior_scale(prior, linear).to(origin).expand(origin.shape)
     loc = torch.zeros_like(origin).requires_grad_(True)
