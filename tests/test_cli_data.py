@@ -98,7 +98,10 @@ def test_fit_sinusoid_on_one_column(tmp_path):
     stdout = run(["fit", str(tmp_path / "curves.csv"), "--task-col", "curve", "--x", "t", "--y", "signal",
                   "--model", "sinusoid", "--steps", "5", "--no-progress", "--out", str(tmp_path / "s.prior")])
     assert "8 tasks ('curve'), 48 points" in stdout and "log_amplitude" in stdout
-    assert type(bm.LearnedPrior.load(tmp_path / "s.prior").model).__name__ == "SinusoidModel"
+    assert "guide pooled on random subsets of each task" in stdout
+    prior = bm.LearnedPrior.load(tmp_path / "s.prior")
+    assert type(prior.model).__name__ == "SinusoidModel"
+    assert prior.config["guide"] == "pooled" and prior.config["random_subsets"] is True
 
 
 @pytest.mark.parametrize("model, cls", [("np", "NeuralProcessModel"), ("np-hetero", "NeuralProcessModel"),
