@@ -38,6 +38,7 @@ from pyro.nn import PyroSample
 import bayesmeta as bm
 from _report import fmt, log, one_thread_machine, page_args, page_header, pm, publish, table, utc_now  # noqa: E402
 from bayesmeta.models import HierarchicalLinearRegression, SinusoidModel
+from sinusoid import SIN_FIT  # noqa: E402  (benchmarks/sinusoid.py: how the SinusoidModel is fitted there)
 
 torch.set_num_threads(1)
 
@@ -181,10 +182,10 @@ def sinusoid_section(s: Settings, figure: Path | None) -> str:
     test = family.sample(num_tasks=s.sinusoid_test, support=10, query=10, seed=1)
     log("sinusoid: reference and fit")
     reference = bm.diagnostics.structure(with_hyperprior(SinusoidModel(), 2.0), num_theta=s.num_theta)
-    # As docs/sinusoid.md fits it: the set encoder with context learned a noise scale far above the family's (its
-    # misfit paid as noise, SinusoidModel's docstring), and θ sets every entropy below.
-    prior = bm.fit_prior(SinusoidModel(), train, guide="pooled", random_subsets=True, steps=s.sinusoid_steps,
-                         batch_tasks=64, lr=1e-2, seed=0, progress=False)
+    # As docs/sinusoid.md fits it (sinusoid.SIN_FIT): the set encoder with context learned a noise scale far above
+    # the family's (its misfit paid as noise, SinusoidModel's docstring), and θ sets every entropy below.
+    prior = bm.fit_prior(SinusoidModel(), train, steps=s.sinusoid_steps, batch_tasks=64, seed=0, progress=False,
+                         **SIN_FIT)
     log("sinusoid: by_shots with NUTS")
     shots = tuple(k for k in SHOTS if k <= 10)
     nuts = bm.diagnostics.structure(prior, test, shots=shots, method="nuts",
@@ -204,9 +205,9 @@ def sinusoid_section(s: Settings, figure: Path | None) -> str:
     ]
     return "\n".join([
         "`Sinusoid(noise_std=0.1)` (amplitude U[0.1, 5], phase U[0, π]); `SinusoidModel()` with φ = (log A, p) "
-        f"fitted with the pooled guide on random subsets ({s.sinusoid_steps} steps, lr 0.01, {len(train)} tasks; "
-        f"learned noise scale {prior.model.noise_scale.item():.3g} for the family's 0.1). Entropies are of φ in these "
-        "coordinates (log amplitude, not amplitude): no change-of-variables term.",
+        f"fitted with the pooled guide on random subsets ({s.sinusoid_steps} steps, lr {SIN_FIT['lr']:g}, "
+        f"{len(train)} tasks; learned noise scale {prior.model.noise_scale.item():.3g} for the family's 0.1). "
+        "Entropies are of φ in these coordinates (log amplitude, not amplitude): no change-of-variables term.",
         "",
         entropy_rows(rows),
         "",

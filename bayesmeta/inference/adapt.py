@@ -185,13 +185,12 @@ def adapt_svi(
     # "auto": a diagonal start (high-dimensional φ) is refined as a diagonal Gaussian: phi_dim^2 per task is too much.
     full_start = isinstance(start, torch.distributions.MultivariateNormal)
     diagonal = covariance == "diag" or (covariance == "auto" and not full_start)
-    if full_start and diagonal:  # a full guess refined as diagonal starts from its marginals
-        start = dist.Normal(start.mean, start.stddev).to_event(1)
     # The Gaussian is held over z = (φ - origin) / unit (see the docstring): mean 0 and tril diag(1/unit) L_0 at the
     # start.
     origin = start.mean.detach()
     unit = _prior_scale(prior, linear).to(origin).expand(origin.shape)
     loc = torch.zeros_like(origin).requires_grad_(True)
+    # A full guess refined as diagonal starts from its marginals; a diagonal one refined as full, uncorrelated.
     tril = start.scale_tril.detach() if full_start and not diagonal else torch.diag_embed(start.stddev.detach())
     tril = tril / unit[..., None]
     log_diag = tril.diagonal(dim1=-2, dim2=-1).log().clone().requires_grad_(True)

@@ -107,9 +107,12 @@ def test_svi_covariance_full_refines_a_diagonal_guess_with_correlations(amortize
     honest = amortized_prior.guide.posterior
     diag = amortized_prior.adapt(support, method="svi", steps=600, covariance="diag").distribution
     assert not isinstance(diag, torch.distributions.MultivariateNormal)
-    monkeypatch.setattr(amortized_prior.guide, "posterior",
-                        lambda tasks, index=None: pyro.distributions.Normal(honest(tasks, index).mean,
-                                                                            honest(tasks, index).stddev).to_event(1))
+
+    def marginals(tasks, index=None):
+        q = honest(tasks, index)
+        return pyro.distributions.Normal(q.mean, q.stddev).to_event(1)
+
+    monkeypatch.setattr(amortized_prior.guide, "posterior", marginals)
     auto = amortized_prior.adapt(support, method="svi", steps=600).distribution
     full = amortized_prior.adapt(support, method="svi", steps=600, covariance="full").distribution
     assert isinstance(full, torch.distributions.MultivariateNormal)
