@@ -196,6 +196,13 @@ class GradientGuide(TaskGuide):
             generator = torch.Generator(device=loc.device).manual_seed(self.seed)
         if not closed_form:
             loc, log_scale = _leaf(loc, differentiable), _leaf(log_scale, differentiable)
+        # The clip's constants go into the step sizes (phi_dim) and the units (T), not into T x phi_dim passes:
+        # lr * c * tanh(g / c) is (lr * c) * tanh(g * (1 / c)); for the scale, the 1/2 of the log term joins 1 / c.
+        bounded = self.clip != math.inf
+        inv_clip = 1.0 / self.clip if bounded else 1.0
+        if bounded:
+            lr_loc, lr_scale = lr_loc * self.clip, lr_scale * self.clip
+        moments = _prior_moments(self.model, prior)[:2] if closed_form else None
         # An even number of draws comes in antithetic pairs (ε, -ε): the scale's gradient then loses the term
         # ε ⊙ ∇_φ L(m) whose mean is zero but whose variance swamps the curvature signal far from the optimum.
         antithetic = self.num_samples % 2 == 0
@@ -204,19 +211,20 @@ class GradientGuide(TaskGuide):
             noise = torch.randn(shape, generator=generator, device=loc.device, dtype=loc.dtype)
             if antithetic:
                 noise = torch.cat([noise, -noise])
-            if closed_form:
-                grad_loc, grad_log_scale, unit = self._gradients(data, prior, loc, log_scale, noise, differentiable)
+            if moments is not None:
+                grad_loc, grad_log_scale, unit = self._gradients(data, moments, loc, log_scale, noise, differentiable)
             else:
                 loss, unit = self._loss(data, prior, closed_form, loc, log_scale, noise)
                 grad_loc, grad_log_scale = torch.autograd.grad(loss.sum(), [loc, log_scale],
                                                                create_graph=differentiable)
             if self.update == "scaled":
-                loc = loc - lr_loc[k] * self._clip(unit[:, None] * grad_loc)
-                log_ratio = 0.5 * torch.log1p(grad_log_scale.clamp(min=-0.9))
-                log_scale = log_scale - lr_scale[k] * self._clip(log_ratio)
+                loc_step = (unit * inv_clip)[:, None] * grad_loc
+                scale_step = torch.log1p(grad_log_scale.clamp(min=-0.9)) * (0.5 * inv_clip)
             else:
-                loc = loc - lr_loc[k] * self._clip(grad_loc)
-                log_scale = log_scale - lr_scale[k] * self._clip(grad_log_scale)
+                loc_step = grad_loc * inv_clip if bounded else grad_loc
+                scale_step = grad_log_scale * inv_clip if bounded else grad_log_scale
+            loc = loc - lr_loc[k] * self._bound(loc_step)
+            log_scale = log_scale - lr_scale[k] * self._bound(scale_step)
             if not differentiable:  # keep no history: each step starts from fresh values
                 loc, log_scale = loc.detach(), log_scale.detach()
                 if not closed_form:
@@ -224,7 +232,7 @@ class GradientGuide(TaskGuide):
         return loc, log_scale
 
     def _gradients(
-        self, data: TaskData, prior: dist.Distribution, loc: Tensor, log_scale: Tensor, noise: Tensor,
+        self, data: TaskData, moments: tuple[Tensor, Tensor], loc: Tensor, log_scale: Tensor, noise: Tensor,
         differentiable: bool,
     ) -> tuple[Tensor, Tensor, Tensor | None]:
         r"""``∇_m L_i``, ``∇_{log s} L_i`` (each ``T x phi_dim``) and the unit of :meth:`_loss`, for a diagonal Normal prior.
@@ -232,23 +240,29 @@ class GradientGuide(TaskGuide):
         Only the likelihood goes through autograd, and only to the draws :math:`\phi_s = m + s \odot
         \varepsilon_s`; with :math:`g_s = -\nabla_{\phi_s} \log p(D_i \mid \phi_s) / S` the rest is closed
         form: :math:`\nabla_m L_i = \sum_s g_s + (m - \mu) / \sigma_0^2` and :math:`\nabla_{\log s} L_i =
-        s \odot \sum_s g_s \odot \varepsilon_s + s^2 / \sigma_0^2 - 1`. The same numbers as autograd through
+        s \odot (s / \sigma_0^2 + \sum_s g_s \odot \varepsilon_s) - 1`. The same numbers as autograd through
         :meth:`_loss`, with a third of the operations to run (and, in training, to differentiate again).
+        ``moments``: the prior's mean and standard deviation.
         """
-        prior_loc, prior_scale, _ = _prior_moments(self.model, prior)
+        prior_loc, prior_scale = moments
+        precision = prior_scale.pow(-2)  # phi_dim: one pass over the prior, not over T x phi_dim
         scale = log_scale.exp()
-        phi = loc + scale * noise
+        phi = torch.addcmul(loc, scale, noise)
         if not phi.requires_grad:
             phi.requires_grad_(True)
         expected_log_lik, likelihood, log_lik = self._expected_log_lik(data, phi)
         (grad_phi,) = torch.autograd.grad(expected_log_lik.sum(), [phi], create_graph=differentiable)
-        grad_loc = (loc - prior_loc) / prior_scale**2 - grad_phi.sum(0)
-        grad_log_scale = (scale / prior_scale) ** 2 - 1 - scale * (grad_phi * noise).sum(0)
+        # One draw: squeeze is a view (its backward too), where a sum over the draws would copy.
+        one = grad_phi.shape[0] == 1
+        pull = grad_phi.squeeze(0) if one else grad_phi.sum(0)
+        spread = (grad_phi * noise).squeeze(0) if one else (grad_phi * noise).sum(0)
+        grad_loc = (loc - prior_loc) * precision - pull
+        grad_log_scale = scale * (scale * precision - spread) - 1
         return grad_loc, grad_log_scale, self._unit(likelihood, log_lik, data)
 
-    def _clip(self, value: Tensor) -> Tensor:
-        """``clip * tanh(value / clip)``: the identity for small values, smooth, and bounded by ``clip``."""
-        return value if self.clip == math.inf else self.clip * torch.tanh(value / self.clip)
+    def _bound(self, value: Tensor) -> Tensor:
+        """``tanh(value)`` when the steps are bounded (the clip's scale already folded in); else ``value``."""
+        return value if self.clip == math.inf else torch.tanh(value)
 
     def _loss(
         self, data: TaskData, prior: dist.Distribution, closed_form: bool, loc: Tensor, log_scale: Tensor,
