@@ -7,8 +7,8 @@ test tasks (``Sinusoid(noise_std=0.3).sample(num_tasks=1000, support=10, query=1
 
 1. the Bayes-optimal predictor (grid posterior), the reference;
 2. :class:`~bayesmeta.models.SinusoidModel` fitted with the pooled guide on random subsets, adapted by NUTS, by
-   SVI and by the guide alone; and, for comparison, NUTS under the θ that the set encoder with context learns,
-   whose noise scale is too large;
+   SVI (one Gaussian, and a mixture of Gaussians: ``adapt(method="svi", components=10)``) and by the guide alone;
+   and, for comparison, NUTS under the θ that the set encoder with context learns, whose noise scale is too large;
 3. :class:`~bayesmeta.models.HierarchicalBNN` (1-40-40-1) with the pooled guide (noise learned) and with the
    gradient guide (noise held at the family's σ = 0.3: with this guide a learned noise scale grows until the
    steps barely leave the prior, ``HierarchicalBNN.set_noise``), adapted amortized.
@@ -39,6 +39,10 @@ from bayesmeta.models import SinusoidModel  # noqa: E402
 GRADIENT_NOISE = sb.NOISY_STD
 SIN_ROW = sb.SIN_ROW
 CONTEXT_ROW = "SinusoidModel, amortized guide with context → nuts"
+#: SVI with a mixture of full-covariance Gaussians per task. One Gaussian fitted by the ELBO sits inside one part of
+#: the 1-shot posterior (a ridge of amplitude-phase pairs). Measured on this θ, 200 tasks: 1-shot coverage 0.69 with
+#: one Gaussian, 0.86 / 0.88 / 0.89 with 5 / 10 / 20 components (12 s for 10, 45 s for 20); 2-shot 0.84, 0.90 / 0.91 / 0.92.
+MIXTURE_SVI = {"components": 10, "covariance": "full"}
 
 
 def run(family: bm.tasks.Sinusoid, test: bm.TaskSet, s: sb.Settings) -> tuple[list[Row], dict[str, object]]:
@@ -63,6 +67,11 @@ def run(family: bm.tasks.Sinusoid, test: bm.TaskSet, s: sb.Settings) -> tuple[li
     rows.append(Row(f"{SIN_ROW} → svi",
                     {k: sb.adapt_and_score(sin_prior, sin_sub, k, "svi", s.sin_samples, s.svi_options)[0]
                      for k in sb.SHOTS}, sin_wall, f"first {len(sin_sub)} tasks only"))
+    mixture = {**s.svi_options, **MIXTURE_SVI}
+    rows.append(Row(f"{SIN_ROW} → svi, mixture of {mixture['components']}",
+                    {k: sb.adapt_and_score(sin_prior, sin_sub, k, "svi", s.sin_samples, mixture)[0]
+                     for k in sb.SHOTS}, sin_wall, f"first {len(sin_sub)} tasks only"))
+    extra["mixture"] = mixture
     rows.append(Row(f"{SIN_ROW} → amortized",
                     {k: sb.adapt_and_score(sin_prior, test, k, "amortized", s.sin_samples, {})[0] for k in sb.SHOTS},
                     sin_wall, f"all {len(test)} tasks"))
@@ -137,7 +146,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"* **SinusoidModel()**: `fit_prior(..., guide=\"pooled\", random_subsets=True, steps={s.sin_steps}, "
         f"batch_tasks=64, lr={sb.SIN_FIT['lr']:g}, seed=0)` on {s.sin_train_tasks} noisy training tasks (seed 0); learned θ: "
         f"{theta}. NUTS ({nuts_opts}, one chain over all tasks jointly) on the first {s.nuts_tasks} test tasks; SVI "
-        f"({svi}) on the first {s.sin_svi_tasks}; {s.sin_samples} posterior draws per prediction. NUTS: "
+        f"({svi}) on the first {s.sin_svi_tasks}, with one Gaussian per task and with a mixture ("
+        + ", ".join(f"{k}={v!r}" for k, v in extra["mixture"].items() if k in MIXTURE_SVI)
+        + f": the ELBO taken component by component, the weights held equal for the first half of the steps); "
+        f"{s.sin_samples} posterior draws per prediction. NUTS: "
         + "; ".join(extra["nuts_notes"]) + ". SVI and NUTS start each task at the guide's guess, or at the prior's "
         "mean where the log joint is higher there.",
         f"* **{CONTEXT_ROW}**: θ fitted with `guide=\"amortized\", guide_options={{\"context\": True}}, lr=2e-2` "

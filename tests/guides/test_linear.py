@@ -225,6 +225,7 @@ SVI = {"steps": 400, "lr": 0.05, "seed": 0}
     ("importance", IMPORTANCE, None, "primal"), ("importance", IMPORTANCE, None, "dual"),
     ("nuts", {"num_samples": 300, "warmup_steps": 200, "seed": 0}, "arviz", "dual"),
     ("svi", SVI, None, "primal"), ("svi", SVI, None, "dual"),
+    ("svi", {**SVI, "components": 3}, None, "primal"),  # a mixture over u, each draw completed as with one Gaussian
 ])
 def test_every_method_finds_the_exact_posterior_of_the_free_part(two_part_prior, method, options, ess, form_name,
                                                                  monkeypatch):
