@@ -173,6 +173,25 @@ def test_ninety_percent_intervals_cover_nine_in_ten_held_out_rows(exact):
     assert len(per_task) == 60 and abs(mean - 0.9) < 4 * se, (mean, se)
 
 
+def test_adapt_svi_with_a_mixture_agrees_with_exact(files, exact):
+    """--method svi --components 3 on the linear model, whose posterior is Gaussian: a mixture of 3 reaches it, so the
+    predictive means agree with the exact ones within the Monte Carlo error of the two sets of draws (and 2% of a
+    standard deviation for the optimization)."""
+    out, stdout = adapt(files, "svi", "mixture.csv", "--components", "3")
+    assert "with method svi (a mixture of 3 Gaussians per task)" in stdout
+    gap = np.abs(out["mean"] - exact["mean"]).to_numpy()
+    assert (gap < 5 * exact["std"].to_numpy() * math.sqrt(2 / NUM_SAMPLES) + 0.02 * exact["std"].to_numpy()).all()
+    # A standard deviation from N draws is off by about 1 / sqrt(2N) of itself; two of them, sqrt(2) times that.
+    ratio = (out["std"] / exact["std"]).to_numpy()
+    assert np.abs(ratio - 1).max() < 5 / math.sqrt(NUM_SAMPLES) and abs(np.median(ratio) - 1) < 1 / math.sqrt(NUM_SAMPLES)
+
+
+def test_error_components_without_svi(files, tmp_path, capsys):
+    err = adapt_fails(files, tmp_path, capsys, args=["--method", "exact", "--components", "3"])
+    assert "--components: a mixture is fitted by --method svi only, got --method exact" in err
+    assert not (tmp_path / "out.csv").exists()
+
+
 def test_adapt_defaults_to_the_columns_fitted_on(files, exact):
     out, stdout = adapt(files, "exact", "stored.csv")  # no --task-col, --x, --y
     pd.testing.assert_frame_equal(out, exact)

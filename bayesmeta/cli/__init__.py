@@ -202,6 +202,9 @@ def _add_adapt(commands: Any) -> None:
     adapt.add_argument("--method", choices=list(ADAPT_METHODS), default="amortized",
                        help="amortized: one pass of the fitted guide; svi: a Gaussian per task refined by "
                        "stochastic VI; nuts: MCMC (slow); exact: closed form, linear only (default: amortized)")
+    adapt.add_argument("--components", type=positive_int, default=1, metavar="K",
+                       help="svi only: a mixture of K Gaussians per task instead of one, for posteriors that are "
+                       "split or curved (a few points of a nonlinear model); about K times slower (default: 1)")
     adapt.add_argument("--num-samples", type=positive_int, default=200,
                        help="posterior draws behind each prediction and interval (default: 200)")
     adapt.add_argument("--seed", type=seed_arg, default=0, help="seeds the draws and the svi/nuts methods (default: 0)")

@@ -260,6 +260,8 @@ def _grid_codes(grid: Any, names: list[str], columns: Columns, args: argparse.Na
 def _adapt(args: argparse.Namespace) -> int:
     import numpy as np
 
+    if args.components != 1 and args.method != "svi":
+        raise ValueError(f"--components: a mixture is fitted by --method svi only, got --method {args.method}")
     prior = load_prior(args.prior, args.device)
     columns = _adapt_columns(prior, args)
     tasks = table_tasks(read_table(args.new), args.new, columns)
@@ -277,6 +279,8 @@ def _adapt(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     options = {"seed": args.seed, "progress": not args.no_progress} if args.method in ("svi", "nuts") else {}
+    if args.method == "svi":
+        options["components"] = args.components
     post = prior.adapt(tasks, method=args.method, **options)
     x, positions = pad_by_task(codes, grid_x, len(tasks))
     pred = post.predict(x.to(tasks.dtype), num_samples=args.num_samples, seed=args.seed)
@@ -294,7 +298,9 @@ def _adapt(args: argparse.Namespace) -> int:
     print(f"bayesmeta adapt: {args.prior} ({type(prior.model).__name__}, fitted on "
           f"{prior.config.get('num_tasks', '?')} tasks); y = {columns.y}, x = {', '.join(columns.x)}")
     print(f"adapted {len(tasks)} task(s) ({columns.task!r}) from {int(counts.sum())} rows of {args.new} "
-          f"({count_span(counts)} per task) with method {args.method} and predicted {len(grid)} rows of {args.predict} "
+          f"({count_span(counts)} per task) with method {args.method}"
+          + (f" (a mixture of {args.components} Gaussians per task)" if args.components > 1 else "")
+          + f" and predicted {len(grid)} rows of {args.predict} "
           f"in {seconds:.2f} s ({args.num_samples} draws, seed {args.seed})")
     if unused:
         print(f"{unused} task(s) of {args.new} have no rows in {args.predict}: not adapted")
