@@ -197,6 +197,14 @@ def fit(label: str, make: Callable[[], bm.HierarchicalModel], train: bm.TaskSet,
     return prior, wall
 
 
+def fit_np(family: bm.tasks.Sinusoid, s: Settings) -> tuple[bm.TaskSet, bm.LearnedPrior, float]:
+    """The neural process of this page on the family's training tasks: ``(train, prior, seconds)``."""
+    train = family.sample(num_tasks=s.np_train_tasks, support=10, query=10, seed=0)
+    prior, wall = fit(f"NeuralProcessModel ({family_name(family)})", NeuralProcessModel, train, guide="pooled",
+                      steps=s.np_steps, batch_tasks=64, lr=1e-3, kl_anneal_steps=s.np_anneal, random_subsets=True)
+    return train, prior, wall
+
+
 def run_family(family: bm.tasks.Sinusoid, test: bm.TaskSet, s: Settings, full_rows: bool) -> tuple[list[Row], dict[str, Any]]:
     extra: dict[str, Any] = {}
     noiseless = family.noise_std == 0
@@ -210,10 +218,7 @@ def run_family(family: bm.tasks.Sinusoid, test: bm.TaskSet, s: Settings, full_ro
         extra["coarse_noise"] = sinusoid_grid_noise(family, s.coarse_grid)
     log(f"{family_name(family)}: Bayes-optimal done")
 
-    train = family.sample(num_tasks=s.np_train_tasks, support=10, query=10, seed=0)
-    np_prior, np_wall = fit(f"NeuralProcessModel ({family_name(family)})", NeuralProcessModel, train,
-                            guide="pooled", steps=s.np_steps, batch_tasks=64, lr=1e-3, kl_anneal_steps=s.np_anneal,
-                            random_subsets=True)
+    train, np_prior, np_wall = fit_np(family, s)
     extra["np_prior"] = np_prior
     amort = {k: adapt_and_score(np_prior, test, k, "amortized", s.np_samples, {})[0] for k in SHOTS}
     rows.append(Row("NeuralProcessModel, pooled guide → amortized", amort, np_wall, f"all {len(test)} tasks"))

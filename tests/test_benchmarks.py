@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.parametrize("script, title", [
     ("foundation.py", "# Benchmarks"),
     ("sinusoid.py", "# Sinusoid regression benchmark"),
-    ("sinusoid_noisy.py", "# Noisy sinusoids: calibration of the SinusoidModel and the HierarchicalBNN"),
+    ("sinusoid_noisy.py", "# Noisy sinusoids: calibration of the SinusoidModel, the HierarchicalBNN and SVI"),
     ("gp_functions.py", "# GP function regression benchmark"),
     ("performance.py", "# Performance of the neural models"),
     ("entropy.py", "# Entropy and structure"),
