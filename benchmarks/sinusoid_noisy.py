@@ -2,9 +2,9 @@ r"""Noisy sinusoids (σ = 0.3): are the 90% intervals of the SinusoidModel, the 
 
 The issue asks that on the noisy variant the 90% intervals of *every* Bayesian method cover 85–95% of the query
 points. ``benchmarks/sinusoid.py`` runs the noisy family for the Bayes-optimal predictor and the neural process
-(docs/sinusoid.md); this script runs it for the other two models of that page and for the neural process refined by
-SVI, with the same budgets and the same
-test tasks (``Sinusoid(noise_std=0.3).sample(num_tasks=1000, support=10, query=100, seed=1)``):
+(docs/sinusoid.md); this script runs it for the other two models of that page and for the neural process refined
+by SVI, with the same budgets and the same test tasks
+(``Sinusoid(noise_std=0.3).sample(num_tasks=1000, support=10, query=100, seed=1)``):
 
 1. the Bayes-optimal predictor (grid posterior), the reference;
 2. :class:`~bayesmeta.models.SinusoidModel` fitted with the pooled guide on random subsets, adapted by NUTS, by
@@ -107,7 +107,8 @@ def run(family: bm.tasks.Sinusoid, test: bm.TaskSet, s: sb.Settings) -> tuple[li
         for k in sb.SHOTS:
             scores[k] = sb.adapt_and_score(np_prior, np_sub, k, "svi", s.np_samples, options)[0]
             log(f"NP {label} {k}-shot: {scores[k].seconds:.1f} s")
-        rows.append(Row(f"NeuralProcessModel, pooled guide → {label}", scores, np_wall, f"first {len(np_sub)} tasks only"))
+        rows.append(Row(f"NeuralProcessModel, pooled guide → {label}", scores, np_wall,
+                        f"first {len(np_sub)} tasks only"))
     extra["np_noise"] = np_prior.model.noise_scale.item()
     return rows, extra
 
@@ -149,7 +150,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "## Setup",
         "",
         f"Test tasks: `Sinusoid(noise_std={sb.NOISY_STD:g}).sample(num_tasks={s.test_tasks}, support={max(sb.SHOTS)}, "
-        f"query={s.query}, seed=1)`, the noisy test set of `docs/sinusoid.md` (which has the neural process's amortized and importance rows); "
+        f"query={s.query}, seed=1)`, the noisy test set of `docs/sinusoid.md` (which has the neural process's "
+        "amortized and importance rows); "
         "k-shot adaptation reads `test.support.head(k)`. Intervals are mean ± 1.645·std of each method's "
         "Gaussian-summarized predictive (law of total variance over posterior draws), which includes the learned "
         "noise.",

@@ -145,7 +145,7 @@ def adapt_svi(
     covariance: str = "auto",
     components: int = 1,
 ) -> TaskPosterior:
-    r"""A Gaussian (or a mixture of ``components`` Gaussians) per task, started at the amortized guess and refined by SVI.
+    r"""A Gaussian (or a mixture of ``components``) per task, started at the amortized guess and refined by SVI.
 
     A task whose log joint is higher at the prior's mean than at the guess starts at the prior instead
     (the guess can be far off on support sets unlike the guide's training sets).
@@ -205,8 +205,9 @@ def adapt_svi(
     # "auto": a diagonal start (high-dimensional φ) is refined as a diagonal Gaussian: phi_dim^2 per task is too much.
     full_start = isinstance(start, torch.distributions.MultivariateNormal)
     diagonal = covariance == "diag" or (covariance == "auto" and not full_start)
-    # The Gaussians are held over z = (φ - origin) / unit (see the docstring), with a component axis: T x K x D. At the
-    # start the first has mean 0 and tril diag(1/unit) L_0; the others are moved by a draw of N(0, I) (the prior's spread).
+    # The Gaussians are held over z = (φ - origin) / unit (see the docstring), with a component axis: T x K x D. At
+    # the start the first has mean 0 and tril diag(1/unit) L_0; the others are moved by a draw of N(0, I) (the
+    # prior's spread).
     origin = start.mean.detach()
     unit = _prior_scale(prior, linear).to(origin).expand(origin.shape)
     k = components

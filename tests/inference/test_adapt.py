@@ -154,7 +154,8 @@ def test_svi_mixture_covers_both_modes_of_a_bimodal_posterior():
     data = bm.TaskData(torch.ones(6, 1, 1), y[:, None, None], torch.ones(6, 1, dtype=torch.bool))
     grid = torch.linspace(-4.0, 4.0, 8001)
     step = grid[1] - grid[0]
-    log_post = torch.distributions.Normal(0.0, 1.0).log_prob(grid) + torch.distributions.Normal(grid**2, 0.3).log_prob(y[:, None])
+    normal = torch.distributions.Normal
+    log_post = normal(0.0, 1.0).log_prob(grid) + normal(grid**2, 0.3).log_prob(y[:, None])
     log_post = log_post - torch.logsumexp(log_post, -1, keepdim=True) - step.log()  # T x G, a density
 
     def forward_kl(q):
