@@ -74,7 +74,6 @@ def run(family: bm.tasks.Sinusoid, test: bm.TaskSet, s: sb.Settings) -> tuple[li
     rows.append(Row(f"{SIN_ROW} → svi, mixture of {mixture['components']}",
                     {k: sb.adapt_and_score(sin_prior, sin_sub, k, "svi", s.sin_samples, mixture)[0]
                      for k in sb.SHOTS}, sin_wall, f"first {len(sin_sub)} tasks only"))
-    extra["mixture"] = mixture
     rows.append(Row(f"{SIN_ROW} → amortized",
                     {k: sb.adapt_and_score(sin_prior, test, k, "amortized", s.sin_samples, {})[0] for k in sb.SHOTS},
                     sin_wall, f"all {len(test)} tasks"))
@@ -102,7 +101,7 @@ def run(family: bm.tasks.Sinusoid, test: bm.TaskSet, s: sb.Settings) -> tuple[li
 
     _, np_prior, np_wall = sb.fit_np(family, s)
     np_sub = test[: s.np_svi_tasks]
-    for label, options in (("svi", s.svi_options), (f"svi, mixture of {extra['mixture']['components']}", mixture)):
+    for label, options in (("svi", s.svi_options), (f"svi, mixture of {mixture['components']}", mixture)):
         scores = {}
         for k in sb.SHOTS:
             scores[k] = sb.adapt_and_score(np_prior, np_sub, k, "svi", s.np_samples, options)[0]
@@ -162,7 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"batch_tasks=64, lr={sb.SIN_FIT['lr']:g}, seed=0)` on {s.sin_train_tasks} noisy training tasks (seed 0); learned θ: "
         f"{theta}. NUTS ({nuts_opts}, one chain over all tasks jointly) on the first {s.nuts_tasks} test tasks; SVI "
         f"({svi}) on the first {s.sin_svi_tasks}, with one Gaussian per task and with a mixture ("
-        + ", ".join(f"{k}={v!r}" for k, v in extra["mixture"].items() if k in MIXTURE_SVI)
+        + ", ".join(f"{k}={v!r}" for k, v in MIXTURE_SVI.items())
         + f": the ELBO taken component by component, the weights held equal for the first half of the steps); "
         f"{s.sin_samples} posterior draws per prediction. NUTS: "
         + "; ".join(extra["nuts_notes"]) + ". SVI and NUTS start each task at the guide's guess, or at the prior's "
