@@ -135,6 +135,30 @@ def test_ragged_tasks_match_unpadded_ones(update):
             torch.testing.assert_close(alone_padded.stddev, alone.stddev, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("num_samples", [1, 2, 3])  # one draw, an antithetic pair, three independent draws
+@pytest.mark.parametrize("update, clip", [("scaled", None), ("scaled", math.inf), ("gd", None), ("gd", 1.0)])
+def test_steps_without_gradients_are_the_differentiable_steps_to_the_bit(update, clip, num_samples):
+    """Adaptation (no gradients) takes the steps in place, in buffers; meta-training builds the graph. Given the
+    same draws (the global generator seeded as the guide seeds its own), both must give the same floats: the
+    in-place path is a re-ordering of memory, not of arithmetic. On a BNN whose θ requires gradients (so that
+    nothing of θ's graph may leak into the buffers) and on the float64 two-parameter model."""
+    tasks = _sinusoids(num_tasks=6, support=5)
+    for model in (HierarchicalBNN(hidden=(8, 8)), _Tiny()):
+        lr_loc = 0.05 if update == "scaled" else 1e-4
+        guide = GradientGuide(model, steps=3, num_samples=num_samples, update=update, clip=clip, lr_loc=lr_loc,
+                              seed=3)
+        if isinstance(model, _Tiny):
+            guide, tasks = guide.double(), tasks.to(torch.float64)
+        torch.manual_seed(3)
+        graph = guide.posterior(tasks)
+        assert graph.mean.requires_grad or isinstance(model, _Tiny)
+        with torch.no_grad():
+            in_place = guide.posterior(tasks)
+        assert not in_place.mean.requires_grad
+        assert torch.equal(in_place.mean, graph.mean.detach()) and torch.equal(in_place.stddev, graph.stddev.detach())
+        assert not torch.equal(in_place.mean, guide.posterior(tasks).mean.detach())  # other draws: other numbers
+
+
 class _Posterior(nn.Module):
     """``guide.posterior`` as a module call, so that ``functional_call`` can swap the step sizes in."""
 
