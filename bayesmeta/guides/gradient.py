@@ -208,12 +208,12 @@ class GradientGuide(TaskGuide):
         if bounded:
             lr_loc, lr_scale = lr_loc * self.clip, lr_scale * self.clip
         moments = _prior_moments(self.model, prior)[:2] if closed_form else None
+        if moments is not None and not differentiable:
+            return self._steps_in_place(data, moments, loc, log_scale, lr_loc, lr_scale, inv_clip, generator)
         # An even number of draws comes in antithetic pairs (ε, -ε): the scale's gradient then loses the term
         # ε ⊙ ∇_φ L(m) whose mean is zero but whose variance swamps the curvature signal far from the optimum.
         antithetic = self.num_samples % 2 == 0
         shape = (self.num_samples // 2 if antithetic else self.num_samples,) + tuple(loc.shape)
-        if moments is not None and not differentiable:
-            return self._steps_in_place(data, moments, loc, log_scale, lr_loc, lr_scale, inv_clip, generator)
         for k in range(self.steps):
             noise = torch.randn(shape, generator=generator, device=loc.device, dtype=loc.dtype)
             if antithetic:
@@ -251,7 +251,7 @@ class GradientGuide(TaskGuide):
         """
         prior_loc, precision = moments[0].detach(), moments[1].detach().pow(-2)
         loc, log_scale = loc.detach().clone(), log_scale.detach().clone()
-        antithetic = self.num_samples % 2 == 0
+        antithetic = self.num_samples % 2 == 0  # antithetic pairs (ε, -ε), as in :meth:`_steps`
         half = self.num_samples // 2
         noise = loc.new_empty((self.num_samples,) + tuple(loc.shape))
         scale, grad_loc, grad_log_scale = (torch.empty_like(loc) for _ in range(3))
