@@ -91,7 +91,12 @@ class GradientGuide(TaskGuide):
             need :math:`\alpha \lesssim \sigma^2 / (n \cdot \text{feature scale}^2)` (gradient descent on
             a quadratic diverges past twice its inverse curvature) — set them for the model at hand.
         reads: ``"all"`` (default) or ``"support"``: the points the steps read in meta-training, as in
-            :class:`~bayesmeta.guides.AmortizedGuide`.
+            :class:`~bayesmeta.guides.AmortizedGuide`. ``"support"`` with training tasks split as they will
+            be adapted (5 support points for 5-shot use, the rest query) is MAML's protocol: the ELBO then
+            scores the steps on points they have not read. On noiseless sinusoids (a 1-40-40-1 network, 8000
+            steps, 20 points per training task) it took the 5-shot MSE from 0.246 to 0.080, and 1-shot and
+            10-shot with it; on sinusoids with noise σ = 0.3 (σ held) it did worse, 5-shot 0.73 against 0.52,
+            its 90% intervals covering less (``docs/sinusoid.md``, ``docs/sinusoid_noisy.md``).
         clip: a soft bound, :math:`c \tanh(g / c)`, on each coordinate :math:`g` of each step's direction
             (the gradient with ``"gd"``; the scaled gradient and the log term with ``"scaled"``), which
             leaves small coordinates alone and keeps a step that would diverge finite and differentiable.
