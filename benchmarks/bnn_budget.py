@@ -20,7 +20,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import sys  # noqa: E402
 import time  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
+from dataclasses import dataclass, field  # noqa: E402
 from typing import Sequence  # noqa: E402
 
 import torch  # noqa: E402
@@ -28,7 +28,7 @@ import torch  # noqa: E402
 import bayesmeta as bm  # noqa: E402
 from _report import fmt, log, one_thread_machine, page_args, page_header, pm, publish, table, utc_now, verdict  # noqa: E402
 from bayesmeta.evaluation.metrics import mse, summarize  # noqa: E402
-from bayesmeta.models import HierarchicalBNN  # noqa: E402
+import sinusoid  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -36,41 +36,25 @@ TARGET = 0.175  # half of MAML's best published 5-shot figure (0.35, MAML paper 
 SHOTS = 5
 
 
-@dataclass(frozen=True)
-class Config:
-    """One meta-training run: the guide, its budget and learning rate, the prior's initial scale and the noise
-    scale held through the fit (None: learned), as in ``benchmarks/sinusoid.py``."""
-
-    guide: str
-    steps: int
-    lr: float
-    init_scale: float
-    noise: float | None
-
-
-POOLED = {"lr": 1e-3, "init_scale": 0.1, "noise": None}
-GRADIENT = {"lr": 3e-3, "init_scale": 0.01, "noise": 0.05}
-
-
 @dataclass
 class Settings:
-    """How much work the run does (``--quick`` shrinks it)."""
+    """How much work the run does (``--quick`` shrinks it). Each fit is the main benchmark's for its guide
+    (``fits.bnn[guide]``: learning rate, initial prior scale, held noise, training split, guide options) with
+    the number of steps replaced."""
 
-    train_tasks: int = 20000
     test_tasks: int = 1000
-    configs: tuple[Config, ...] = (
-        Config("pooled", 18000, **POOLED), Config("pooled", 36000, **POOLED),
-        Config("gradient", 8000, **GRADIENT), Config("gradient", 16000, **GRADIENT),
-        Config("gradient", 32000, **GRADIENT),
+    budgets: tuple[tuple[str, int], ...] = (
+        ("pooled", 18000), ("pooled", 36000), ("gradient", 8000), ("gradient", 16000), ("gradient", 32000),
     )
+    fits: sinusoid.Settings = field(default_factory=sinusoid.Settings)
     svi_tasks: int = 200
     svi_steps: int = 500
     draws: int = 50
 
     @classmethod
     def quick(cls) -> Settings:
-        configs = (Config("pooled", 20, **POOLED), Config("gradient", 10, **GRADIENT))
-        return cls(train_tasks=300, test_tasks=20, configs=configs, svi_tasks=10, svi_steps=10, draws=10)
+        return cls(test_tasks=20, budgets=(("pooled", 20), ("gradient", 10)), fits=sinusoid.Settings.quick(),
+                   svi_tasks=10, svi_steps=10, draws=10)
 
 
 def score(post: bm.TaskPosterior, test: bm.TaskSet, draws: int) -> tuple[float, float]:
@@ -84,49 +68,47 @@ def main(argv: Sequence[str] | None = None) -> int:
     s = Settings.quick() if quick else Settings()
     started, date = time.perf_counter(), utc_now()
     family = bm.tasks.Sinusoid()
-    train = family.sample(num_tasks=s.train_tasks, support=10, query=10, seed=0)
     test = family.sample(num_tasks=s.test_tasks, support=10, query=100, seed=1)
     sub = test[torch.arange(s.svi_tasks)]
     rows, best = [], {}
-    for c in s.configs:
-        model = HierarchicalBNN(init_scale=c.init_scale)
-        fixed: list[str] = []
-        if c.noise is not None:
-            model.set_noise(c.noise)
-            fixed = model.noise_parameters
-        prior = bm.fit_prior(model, train, guide=c.guide, steps=c.steps, batch_tasks=64, lr=c.lr, seed=0,
-                             fixed=fixed, progress=False)
-        fit_s = prior.config["seconds"]
+    for guide, steps in s.budgets:
+        c = dict(s.fits.bnn[guide], steps=steps)
+        prior, fit_s = sinusoid.fit_bnn(family, guide, c, s.fits, c["noise"])
         amortized = score(prior.adapt(test.support.head(SHOTS)), test, s.draws)
         amortized_sub = score(prior.adapt(sub.support.head(SHOTS)), sub, s.draws)
         begin = time.perf_counter()
         refined = score(prior.adapt(sub.support.head(SHOTS), method="svi", steps=s.svi_steps), sub, s.draws)
         svi_s = time.perf_counter() - begin
-        best[c.guide] = min(best.get(c.guide, float("inf")), amortized[0])
-        log(f"{c.guide} {c.steps} steps: fit {fit_s:.0f} s, amortized {amortized[0]:.4g}, svi {refined[0]:.4g} "
+        best[guide] = min(best.get(guide, float("inf")), amortized[0])
+        log(f"{guide} {steps} steps: fit {fit_s:.0f} s, amortized {amortized[0]:.4g}, svi {refined[0]:.4g} "
             f"({svi_s:.0f} s)")
-        noise = f"{prior.model.noise_scale.item():.3g}" + (" (held)" if c.noise is not None else "")
-        rows.append([c.guide, f"{c.steps:,}", fmt(c.lr), fmt(c.init_scale), fmt(fit_s), noise, pm(amortized),
-                     pm(amortized_sub), pm(refined), fmt(svi_s)])
+        noise = f"{prior.model.noise_scale.item():.3g}" + (" (held)" if c["noise"] is not None else "")
+        split = f"{c['support']}/{20 - c['support']}" + (", steps read the support"
+                                                          if c["guide_options"].get("reads") == "support" else "")
+        rows.append([guide, f"{steps:,}", fmt(c["lr"]), fmt(c["init_scale"]), split, fmt(fit_s), noise,
+                     pm(amortized), pm(amortized_sub), pm(refined), fmt(svi_s)])
     wall = time.perf_counter() - started
+    main_steps = {g: f"{c['steps']:,}" for g, c in sinusoid.Settings().bnn.items()}
     page = "\n".join([
         *page_header("HierarchicalBNN: 5-shot MSE against the meta-training budget", "bnn_budget.py", quick, date,
                      wall, one_thread_machine()),
         "",
-        "`model = HierarchicalBNN(init_scale=s0)`, then `fit_prior(model, train, guide=G, steps=N, batch_tasks=64, "
-        f"lr=lr, seed=0)` (the learning rate decays 10× over the N steps) on `Sinusoid().sample(num_tasks="
-        f"{s.train_tasks}, support=10, query=10, seed=0)`; for the gradient guide the noise scale is held "
-        "(`model.set_noise(0.05)`, `fixed=model.noise_parameters`: learned, it grows until the guide's steps barely "
-        "leave the prior; `HierarchicalBNN.set_noise` says why), as in `docs/sinusoid.md`, which uses N = 36,000 "
-        f"(pooled) and 8,000 (gradient). Test: `Sinusoid().sample(num_tasks={s.test_tasks}, support=10, query=100, "
-        f"seed=1)`, adapted on the first {SHOTS} support points; query MSE, mean ± standard error over tasks, "
-        f"predictions averaging {s.draws} draws of the weights. SVI: `adapt(method=\"svi\", steps={s.svi_steps})` "
-        f"(a diagonal Gaussian per task started at the amortized guess) on the first {s.svi_tasks} test tasks, beside "
-        "the amortized guess on the same tasks.",
+        "Each guide G is fitted as `benchmarks/sinusoid.py` fits it (`sinusoid.fit_bnn`), only the number of steps N "
+        "changed: `model = HierarchicalBNN(init_scale=s0)`, then `fit_prior(model, train, guide=G, steps=N, "
+        f"batch_tasks={s.fits.bnn_batch}, lr=lr, seed=0)` (the learning rate decays 10× over the N steps) on "
+        f"{s.fits.bnn_train_tasks} noiseless training tasks, `Sinusoid().sample(num_tasks={s.fits.bnn_train_tasks}, "
+        "support=k, query=20 - k, seed=0)` (split k / 20 − k in the table); for the gradient guide the noise scale "
+        "is held (`model.set_noise(0.05)`, `fixed=model.noise_parameters`: learned, it grows until the guide's steps "
+        "barely leave the prior; `HierarchicalBNN.set_noise` says why). `docs/sinusoid.md` uses N = "
+        + " and ".join(f"{v} ({g})" for g, v in main_steps.items()) + ". " + sinusoid.BNN_SPLIT + " "
+        f"Test: `Sinusoid().sample(num_tasks={s.test_tasks}, support=10, query=100, seed=1)`, adapted on the first "
+        f"{SHOTS} support points; query MSE, mean ± standard error over tasks, predictions averaging {s.draws} draws "
+        f"of the weights. SVI: `adapt(method=\"svi\", steps={s.svi_steps})` (a diagonal Gaussian per task started at "
+        f"the amortized guess) on the first {s.svi_tasks} test tasks, beside the amortized guess on the same tasks.",
         "",
-        table(["guide", "steps N", "lr", "s0", "fit s", "noise", f"{SHOTS}-shot amortized (all tasks)",
+        table(["guide", "steps N", "lr", "s0", "training split", "fit s", "noise", f"{SHOTS}-shot amortized (all tasks)",
                f"amortized, first {s.svi_tasks}", f"SVI-refined, first {s.svi_tasks}", "SVI s"],
-              rows, [False, True, True, True, True, True, True, True, True, True]),
+              rows, [False, True, True, True, False, True, True, True, True, True, True]),
         "",
         f"The issue's target (5-shot MSE ≤ {TARGET}, amortized, all tasks), at the best budget here: "
         + "; ".join(f"{g} guide {fmt(v)} — {verdict(v <= TARGET)}" for g, v in best.items())
