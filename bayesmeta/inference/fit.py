@@ -88,7 +88,11 @@ def fit_prior(
             and tightens as :math:`K` grows, so θ is less bent toward priors whose posteriors the guide fits well
             (the ELBO's gap, :math:`\mathrm{KL}(q \,\|\, p_\theta(\phi_i \mid D_i))`, depends on θ too). Needs every
             sample site inside the ``"tasks"`` plate (no hyperprior on θ); not with ``kl_anneal_steps`` or
-            ``free_bits``. ``history["elbo"]`` then records the bound.
+            ``free_bits``. ``history["elbo"]`` then records the bound. The guide is trained as a proposal for
+            :math:`K` draws, which pays for missing posterior mass more than for being too wide: on noisy sinusoids
+            (σ = 0.3) 5000 steps with :math:`K = 16` after the ELBO fit took a neural process's amortized 90%
+            intervals from covering 0.69 / 0.81 / 0.89 / 0.90 of new points (1 / 2 / 5 / 10 shots) to 0.90 / 0.92 /
+            0.93 / 0.92, where 5000 more ELBO steps left them at 0.69 / 0.81 / 0.89 / 0.90 (``docs/np_iwae.md``).
         clip_norm: gradient-norm clipping threshold.
         device: where to train (default: where the model is).
         seed: seeds Pyro and torch; the same seed gives the same numbers.
