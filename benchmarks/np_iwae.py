@@ -31,7 +31,8 @@ from typing import Sequence  # noqa: E402
 
 import bayesmeta as bm  # noqa: E402
 import sinusoid as sb  # noqa: E402  (benchmarks/sinusoid.py: its settings, fits, scoring and tables)
-from _report import Row, log, one_thread_machine, page_args, page_header, publish, table, utc_now, verdict  # noqa: E402
+from sinusoid_noisy import coverage_section  # noqa: E402
+from _report import Row, log, one_thread_machine, page_args, page_header, publish, utc_now  # noqa: E402
 
 
 @dataclass
@@ -76,13 +77,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows.append(Row(f"NeuralProcessModel, {label} → amortized", scores, seconds, f"all {len(test)} tasks"))
     wall = time.perf_counter() - started
 
-    lo, hi = sb.TARGET_COVERAGE
-    verdicts = []
-    for r in rows:
-        covs = [r.scores[k].coverage[0] for k in sb.SHOTS]
-        verdicts.append([r.method, f"{lo:.0%}–{hi:.0%} at every shot",
-                         ", ".join(f"{c:.3f}" for c in covs) + " (1/2/5/10-shot)",
-                         verdict(all(lo <= c <= hi for c in covs))])
     noise = ", ".join(f"{label}: {p.model.noise_scale.item():.4g}" for label, (p, _) in priors.items())
     page = "\n".join([
         *page_header("Neural process on noisy sinusoids: the importance-weighted bound and calibration", "np_iwae.py",
@@ -112,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "",
         "90% intervals should cover 85–95% of the query points for every Bayesian method:",
         "",
-        table(["method", "required", "measured", "verdict"], verdicts, [False] * 4),
+        coverage_section(rows),
         "",
         "The ELBO trains the guide by KL(q ‖ p), which a Gaussian pays least for by sitting inside one part of the "
         "posterior: too narrow where one or two noisy points leave a ridge of amplitude-phase pairs. The "
