@@ -11,6 +11,7 @@ import torch
 from pyro import poutine
 from pyro.infer import Trace_ELBO
 from pyro.poutine.messenger import Messenger
+from pyro.poutine.util import site_is_subsample
 from tqdm.auto import tqdm
 
 from bayesmeta.guides import TaskGuide, make_guide
@@ -379,7 +380,7 @@ def _per_task_log_density(trace: Any) -> tuple[torch.Tensor, float]:
     """
     total, scale = 0.0, 1.0
     for name, site in trace.nodes.items():
-        if site["type"] != "sample" or type(site["fn"]).__name__ == "_Subsample":
+        if site["type"] != "sample" or site_is_subsample(site):
             continue
         frames = [f for f in site["cond_indep_stack"] if f.name == "tasks"]
         if not frames:
