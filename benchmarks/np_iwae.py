@@ -23,7 +23,6 @@ import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import copy  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
@@ -49,13 +48,6 @@ class Settings:
         return cls(steps=10, particles=4, fits=sb.Settings.quick())
 
 
-def continued(prior: bm.LearnedPrior, train: bm.TaskSet, objective: str, s: Settings) -> bm.LearnedPrior:
-    """A copy of ``prior`` fitted ``s.steps`` more steps on ``objective`` (the original is left as it was)."""
-    return bm.fit_prior(copy.deepcopy(prior.model), train, guide=copy.deepcopy(prior.guide), steps=s.steps,
-                        batch_tasks=64, lr=s.lr, random_subsets=True, num_particles=s.particles, objective=objective,
-                        seed=1, progress=False)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     quick, out = page_args(__doc__, "np_iwae.md", argv)
     s = Settings.quick() if quick else Settings()
@@ -69,7 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     train, base, base_s = sb.fit_np(family, f)
     priors = {"the fit of docs/sinusoid.md (ELBO)": (base, base_s)}
     for objective, label in (("elbo", "ELBO"), ("iwae", f"importance-weighted bound, K = {s.particles}")):
-        more = continued(base, train, objective, s)
+        more = sb.continue_fit(base, train, s.steps, s.lr, s.particles, objective)
         log(f"continued on {objective}: {more.config['seconds']:.0f} s, noise scale {more.model.noise_scale.item():.4g}")
         priors[f"+ {s.steps} steps on the {label}"] = (more, base_s + more.config["seconds"])
     for label, (prior, seconds) in priors.items():
