@@ -6,6 +6,7 @@ import math
 
 import arviz as az
 
+import pyro
 import pyro.distributions as dist
 import pytest
 import torch
@@ -207,6 +208,9 @@ def test_guides_that_cannot_cover_a_linear_part_say_so():
 # ---------------------------------------------------------------------- every adapt method against the closed form
 @pytest.fixture(scope="module")
 def two_part_prior():
+    # Module-scoped fixtures are built before the per-test seed: without its own, the guide's initial weights
+    # (NUTS's and SVI's starting point) would depend on which tests ran before it.
+    pyro.set_rng_seed(0)
     model = TwoPart()
     return LearnedPrior(model, PooledGuide(model, hidden=16), {}, {})
 
@@ -237,12 +241,16 @@ def test_every_method_finds_the_exact_posterior_of_the_free_part(two_part_prior,
     sd = covariance[:, 0, 0].sqrt()
     # Monte Carlo: importance resamples n draws (se sd / sqrt(n), doubled for the resampling); NUTS's se is
     # sd / sqrt(ESS); SVI's Gaussian family holds the exact (Gaussian) posterior, optimized to ~1% of sd.
+    # The sd's relative se is 1 / sqrt(2 n_eff) for Gaussian draws (n_eff: n, or ArviZ's ESS for the sd).
     if ess == "arviz":  # NUTS draws are correlated: their effective number, from ArviZ, per task
-        u_draws = post.to_inference_data().posterior["phi"].sel(phi_dim="u", drop=True)
-        ess = torch.as_tensor(az.ess(u_draws.to_dataset(name="u"))["u"].values).double()
+        u_draws = post.to_inference_data().posterior["phi"].sel(phi_dim="u", drop=True).to_dataset(name="u")
+        ess, ess_sd = (torch.as_tensor(az.ess(u_draws, method=m)["u"].values).double() for m in ("bulk", "sd"))
+    else:  # importance resamples: its se doubled, as for the mean
+        ess_sd = torch.tensor(n / 4 if method == "importance" else float(n))
     se = sd * (2 / math.sqrt(n) if method == "importance" else 1 / ess.sqrt() if ess is not None else 0.01)
     assert ((got_mean.double() - mean[:, 0]).abs() < 4 * se + 0.01 * sd).all(), (got_mean, mean[:, 0])
-    assert ((got_sd.double() / sd - 1).abs() < 0.1).all(), (got_sd, sd)
+    sd_tolerance = (4 / (2 * ess_sd).sqrt() + 0.01).clamp(min=0.1)  # 10% at least; wider for few effective draws
+    assert ((got_sd.double() / sd - 1).abs() < sd_tolerance).all(), (got_sd, sd, sd_tolerance)
     # w given u stays exact: given the draws of u the predictive is closed form. E[y* | u, D] = a + b u (the
     # posterior mean of w is linear in u), and Var(y* | u, D) = v does not depend on u.
     x_new = torch.linspace(-2, 2, 5).expand(len(support), 5)[..., None]
