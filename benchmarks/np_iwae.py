@@ -65,7 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log(f"continued on {objective}: {more.config['seconds']:.0f} s, noise scale {more.model.noise_scale.item():.4g}")
         priors[f"+ {s.steps} steps on the {label}"] = (more, base_s + more.config["seconds"])
     for label, (prior, seconds) in priors.items():
-        scores = {k: sb.adapt_and_score(prior, test, k, "amortized", f.np_samples, {})[0] for k in sb.SHOTS}
+        scores = sb.every_shot(prior, test, "amortized", f.np_samples)
         rows.append(Row(f"NeuralProcessModel, {label} → amortized", scores, seconds, f"all {len(test)} tasks"))
     wall = time.perf_counter() - started
 

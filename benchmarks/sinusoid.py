@@ -200,6 +200,12 @@ def adapt_and_score(prior: bm.LearnedPrior, test: bm.TaskSet, shots: int, method
     return score(pred, test.query, seconds, excess), post
 
 
+def every_shot(prior: bm.LearnedPrior, test: bm.TaskSet, method: str, num_samples: int,
+               options: dict[str, Any] | None = None) -> dict[int, Score]:
+    """``adapt_and_score`` at every shot count of ``SHOTS``, in order: ``{shots: Score}``."""
+    return {k: adapt_and_score(prior, test, k, method, num_samples, options or {})[0] for k in SHOTS}
+
+
 def oracle_scores(family: bm.tasks.Sinusoid, test: bm.TaskSet, grid: tuple[int, int],
                   shots: Sequence[int] = SHOTS) -> dict[int, Score]:
     out = {}
@@ -252,7 +258,7 @@ def run_family(family: bm.tasks.Sinusoid, test: bm.TaskSet, s: Settings, full_ro
 
     train, np_prior, np_wall = fit_np(family, s)
     extra["np_prior"] = np_prior
-    amort = {k: adapt_and_score(np_prior, test, k, "amortized", s.np_samples, {})[0] for k in SHOTS}
+    amort = every_shot(np_prior, test, "amortized", s.np_samples)
     rows.append(Row("NeuralProcessModel, pooled guide → amortized", amort, np_wall, f"all {len(test)} tasks"))
     log(f"{family_name(family)}: NP amortized done")
     start = time.perf_counter()
@@ -261,7 +267,7 @@ def run_family(family: bm.tasks.Sinusoid, test: bm.TaskSet, s: Settings, full_ro
     mix_wall = time.perf_counter() - start
     extra["mix_wall"], extra["mix_loss"] = mix_wall, mixed.history["loss"][-1]
     log(f"{family_name(family)}: amortize {mix_wall:.0f} s, final -log q {extra['mix_loss']:.3f}")
-    rows.append(Row(MIXTURE_ROW, {k: adapt_and_score(mixed, test, k, "amortized", s.mix_samples, {})[0] for k in SHOTS},
+    rows.append(Row(MIXTURE_ROW, every_shot(mixed, test, "amortized", s.mix_samples),
                     np_wall + mix_wall, f"all {len(test)} tasks"))
     importance, ess = {}, {}
     for k in SHOTS:
@@ -278,7 +284,7 @@ def run_family(family: bm.tasks.Sinusoid, test: bm.TaskSet, s: Settings, full_ro
         log(f"{family_name(family)}: NP IWAE phase {iwae.config['seconds']:.0f} s, "
             f"noise_scale {iwae.model.noise_scale.item():.4g}")
         rows.append(Row(f"{NP_IWAE_ROW} → amortized",
-                        {k: adapt_and_score(iwae, test, k, "amortized", s.np_samples, {})[0] for k in SHOTS},
+                        every_shot(iwae, test, "amortized", s.np_samples),
                         iwae_wall, f"all {len(test)} tasks"))
         rows.append(Row(f"{NP_IWAE_ROW} → importance",
                         {k: adapt_and_score(iwae, test, k, "importance", s.np_samples,
@@ -310,9 +316,9 @@ def run_family(family: bm.tasks.Sinusoid, test: bm.TaskSet, s: Settings, full_ro
     rows.append(Row(f"{SIN_ROW} → nuts", nuts, sin_wall,
                     f"**first {len(nuts_sub)} tasks only** (NUTS is slow)"))
     sin_sub = test[: s.sin_svi_tasks]
-    sin_svi = {k: adapt_and_score(sin_prior, sin_sub, k, "svi", s.sin_samples, s.svi_options)[0] for k in SHOTS}
+    sin_svi = every_shot(sin_prior, sin_sub, "svi", s.sin_samples, s.svi_options)
     rows.append(Row(f"{SIN_ROW} → svi", sin_svi, sin_wall, f"first {len(sin_sub)} tasks only"))
-    sin_amort = {k: adapt_and_score(sin_prior, test, k, "amortized", s.sin_samples, {})[0] for k in SHOTS}
+    sin_amort = every_shot(sin_prior, test, "amortized", s.sin_samples)
     rows.append(Row(f"{SIN_ROW} → amortized", sin_amort, sin_wall,
                     f"all {len(test)} tasks (extra row: the guide alone)"))
     log(f"{family_name(family)}: SinusoidModel done")
@@ -320,7 +326,7 @@ def run_family(family: bm.tasks.Sinusoid, test: bm.TaskSet, s: Settings, full_ro
     for guide, c in s.bnn.items():
         bnn_prior, bnn_wall = fit_bnn(family, guide, c, s, c["noise"])
         extra[f"bnn_{guide}"] = bnn_prior
-        scores = {k: adapt_and_score(bnn_prior, test, k, "amortized", s.bnn_samples, {})[0] for k in SHOTS}
+        scores = every_shot(bnn_prior, test, "amortized", s.bnn_samples)
         rows.append(Row(f"HierarchicalBNN, {guide} guide → amortized", scores, bnn_wall, f"all {len(test)} tasks"))
         log(f"{family_name(family)}: BNN {guide} done")
     return rows, extra

@@ -85,14 +85,14 @@ def run(family: bm.tasks.Sinusoid, test: bm.TaskSet, s: sb.Settings) -> tuple[li
     extra["nuts_notes"] = notes
     rows.append(Row(f"{SIN_ROW} → nuts", nuts, sin_wall, f"**first {len(nuts_sub)} tasks only** (NUTS is slow)"))
     rows.append(Row(f"{SIN_ROW} → svi",
-                    {k: sb.adapt_and_score(sin_prior, sin_sub, k, "svi", s.sin_samples, s.svi_options)[0]
-                     for k in sb.SHOTS}, sin_wall, f"first {len(sin_sub)} tasks only"))
+                    sb.every_shot(sin_prior, sin_sub, "svi", s.sin_samples, s.svi_options),
+                    sin_wall, f"first {len(sin_sub)} tasks only"))
     mixture = {**s.svi_options, **MIXTURE_SVI}
     rows.append(Row(f"{SIN_ROW} → svi, mixture of {mixture['components']}",
-                    {k: sb.adapt_and_score(sin_prior, sin_sub, k, "svi", s.sin_samples, mixture)[0]
-                     for k in sb.SHOTS}, sin_wall, f"first {len(sin_sub)} tasks only"))
+                    sb.every_shot(sin_prior, sin_sub, "svi", s.sin_samples, mixture),
+                    sin_wall, f"first {len(sin_sub)} tasks only"))
     rows.append(Row(f"{SIN_ROW} → amortized",
-                    {k: sb.adapt_and_score(sin_prior, test, k, "amortized", s.sin_samples, {})[0] for k in sb.SHOTS},
+                    sb.every_shot(sin_prior, test, "amortized", s.sin_samples),
                     sin_wall, f"all {len(test)} tasks"))
     # The importance-weighted phase (sb.continue_fit): the same model and guide, continued on the IWAE bound.
     sin_iwae = sb.continue_fit(sin_prior, sin_train, **s.sin_iwae)
@@ -100,13 +100,13 @@ def run(family: bm.tasks.Sinusoid, test: bm.TaskSet, s: sb.Settings) -> tuple[li
     extra["sin_iwae_prior"], extra["sin_iwae_s"] = sin_iwae, sin_iwae.config["seconds"]
     log(f"SinusoidModel IWAE phase: {sin_iwae.config['seconds']:.0f} s")
     rows.append(Row(f"{SIN_IWAE_ROW} → nuts",
-                    {k: sb.adapt_and_score(sin_iwae, nuts_sub, k, "nuts", s.sin_samples, s.nuts_options)[0]
-                     for k in sb.SHOTS}, sin_iwae_wall, f"**first {len(nuts_sub)} tasks only**"))
+                    sb.every_shot(sin_iwae, nuts_sub, "nuts", s.sin_samples, s.nuts_options),
+                    sin_iwae_wall, f"**first {len(nuts_sub)} tasks only**"))
     rows.append(Row(f"{SIN_IWAE_ROW} → svi",
-                    {k: sb.adapt_and_score(sin_iwae, sin_sub, k, "svi", s.sin_samples, s.svi_options)[0]
-                     for k in sb.SHOTS}, sin_iwae_wall, f"first {len(sin_sub)} tasks only"))
+                    sb.every_shot(sin_iwae, sin_sub, "svi", s.sin_samples, s.svi_options),
+                    sin_iwae_wall, f"first {len(sin_sub)} tasks only"))
     rows.append(Row(f"{SIN_IWAE_ROW} → amortized",
-                    {k: sb.adapt_and_score(sin_iwae, test, k, "amortized", s.sin_samples, {})[0] for k in sb.SHOTS},
+                    sb.every_shot(sin_iwae, test, "amortized", s.sin_samples),
                     sin_iwae_wall, f"all {len(test)} tasks"))
     # The set encoder with context (10-point sets): its θ explains part of the guide's misfit as noise, and NUTS,
     # exact under that θ, then over-covers.
@@ -114,15 +114,15 @@ def run(family: bm.tasks.Sinusoid, test: bm.TaskSet, s: sb.Settings) -> tuple[li
                                          steps=s.sin_steps, batch_tasks=64, lr=2e-2, guide_options={"context": True})
     extra["context_noise"] = context_prior.model.noise_scale.item()
     rows.append(Row(CONTEXT_ROW,
-                    {k: sb.adapt_and_score(context_prior, nuts_sub, k, "nuts", s.sin_samples, s.nuts_options)[0]
-                     for k in sb.SHOTS}, context_wall, f"**first {len(nuts_sub)} tasks only**"))
+                    sb.every_shot(context_prior, nuts_sub, "nuts", s.sin_samples, s.nuts_options),
+                    context_wall, f"**first {len(nuts_sub)} tasks only**"))
     log("SinusoidModel done")
 
     for label, guide, c in bnn_settings(s):
         prior, wall = sb.fit_bnn(family, guide, c, s, None if c["noise"] is None else GRADIENT_NOISE)
         extra[f"bnn_{label}_noise"] = prior.model.noise_scale.item()
         rows.append(Row(f"HierarchicalBNN, {label} → amortized",
-                        {k: sb.adapt_and_score(prior, test, k, "amortized", s.bnn_samples, {})[0] for k in sb.SHOTS},
+                        sb.every_shot(prior, test, "amortized", s.bnn_samples),
                         wall, f"all {len(test)} tasks"))
         log(f"BNN {label} done")
 
@@ -141,10 +141,10 @@ def run(family: bm.tasks.Sinusoid, test: bm.TaskSet, s: sb.Settings) -> tuple[li
     extra["np_iwae_noise"], extra["np_iwae_s"] = np_iwae.model.noise_scale.item(), np_iwae.config["seconds"]
     log(f"NP IWAE phase: {np_iwae.config['seconds']:.0f} s")
     rows.append(Row(f"{sb.NP_IWAE_ROW} → svi",
-                    {k: sb.adapt_and_score(np_iwae, np_sub, k, "svi", s.np_samples, s.svi_options)[0]
-                     for k in sb.SHOTS}, np_iwae_wall, f"first {len(np_sub)} tasks only"))
+                    sb.every_shot(np_iwae, np_sub, "svi", s.np_samples, s.svi_options),
+                    np_iwae_wall, f"first {len(np_sub)} tasks only"))
     rows.append(Row(f"{sb.NP_IWAE_ROW} → amortized",
-                    {k: sb.adapt_and_score(np_iwae, test, k, "amortized", s.np_samples, {})[0] for k in sb.SHOTS},
+                    sb.every_shot(np_iwae, test, "amortized", s.np_samples),
                     np_iwae_wall, f"all {len(test)} tasks (as in `docs/sinusoid.md`)"))
     return rows, extra
 
