@@ -95,19 +95,12 @@ def run(family: bm.tasks.Sinusoid, test: bm.TaskSet, s: sb.Settings) -> tuple[li
                     sb.every_shot(sin_prior, test, "amortized", s.sin_samples),
                     sin_wall, f"all {len(test)} tasks"))
     # The importance-weighted phase (sb.continue_fit): the same model and guide, continued on the IWAE bound.
-    sin_iwae = sb.continue_fit(sin_prior, sin_train, **s.sin_iwae)
-    sin_iwae_wall = sin_wall + sin_iwae.config["seconds"]
+    sin_iwae, iwae_rows = after_iwae_phase(SIN_IWAE_ROW, sin_prior, sin_train, s.sin_iwae, sin_wall, [
+        ("nuts", nuts_sub, s.sin_samples, s.nuts_options, f"**first {len(nuts_sub)} tasks only**"),
+        ("svi", sin_sub, s.sin_samples, s.svi_options, f"first {len(sin_sub)} tasks only"),
+        ("amortized", test, s.sin_samples, {}, f"all {len(test)} tasks")])
+    rows += iwae_rows
     extra["sin_iwae_prior"], extra["sin_iwae_s"] = sin_iwae, sin_iwae.config["seconds"]
-    log(f"SinusoidModel IWAE phase: {sin_iwae.config['seconds']:.0f} s")
-    rows.append(Row(f"{SIN_IWAE_ROW} → nuts",
-                    sb.every_shot(sin_iwae, nuts_sub, "nuts", s.sin_samples, s.nuts_options),
-                    sin_iwae_wall, f"**first {len(nuts_sub)} tasks only**"))
-    rows.append(Row(f"{SIN_IWAE_ROW} → svi",
-                    sb.every_shot(sin_iwae, sin_sub, "svi", s.sin_samples, s.svi_options),
-                    sin_iwae_wall, f"first {len(sin_sub)} tasks only"))
-    rows.append(Row(f"{SIN_IWAE_ROW} → amortized",
-                    sb.every_shot(sin_iwae, test, "amortized", s.sin_samples),
-                    sin_iwae_wall, f"all {len(test)} tasks"))
     # The set encoder with context (10-point sets): its θ explains part of the guide's misfit as noise, and NUTS,
     # exact under that θ, then over-covers.
     context_prior, context_wall = sb.fit("SinusoidModel, amortized guide", SinusoidModel, sin_train, guide="amortized",
@@ -136,17 +129,23 @@ def run(family: bm.tasks.Sinusoid, test: bm.TaskSet, s: sb.Settings) -> tuple[li
         rows.append(Row(f"NeuralProcessModel, pooled guide → {label}", scores, np_wall,
                         f"first {len(np_sub)} tasks only"))
     extra["np_noise"] = np_prior.model.noise_scale.item()
-    np_iwae = sb.continue_fit(np_prior, np_train, **s.np_iwae)
-    np_iwae_wall = np_wall + np_iwae.config["seconds"]
+    np_iwae, iwae_rows = after_iwae_phase(sb.NP_IWAE_ROW, np_prior, np_train, s.np_iwae, np_wall, [
+        ("svi", np_sub, s.np_samples, s.svi_options, f"first {len(np_sub)} tasks only"),
+        ("amortized", test, s.np_samples, {}, f"all {len(test)} tasks (as in `docs/sinusoid.md`)")])
+    rows += iwae_rows
     extra["np_iwae_noise"], extra["np_iwae_s"] = np_iwae.model.noise_scale.item(), np_iwae.config["seconds"]
-    log(f"NP IWAE phase: {np_iwae.config['seconds']:.0f} s")
-    rows.append(Row(f"{sb.NP_IWAE_ROW} → svi",
-                    sb.every_shot(np_iwae, np_sub, "svi", s.np_samples, s.svi_options),
-                    np_iwae_wall, f"first {len(np_sub)} tasks only"))
-    rows.append(Row(f"{sb.NP_IWAE_ROW} → amortized",
-                    sb.every_shot(np_iwae, test, "amortized", s.np_samples),
-                    np_iwae_wall, f"all {len(test)} tasks (as in `docs/sinusoid.md`)"))
     return rows, extra
+
+
+def after_iwae_phase(label: str, prior: bm.LearnedPrior, train: bm.TaskSet, phase: dict[str, Any], base_wall: float,
+                     runs: list[tuple[str, bm.TaskSet, int, dict[str, Any], str]]) -> tuple[bm.LearnedPrior, list[Row]]:
+    """``prior`` continued on the IWAE bound (``sb.continue_fit`` with ``phase``), then a row ``label → method`` per
+    ``(method, tasks, num_samples, options, note)`` of ``runs``: ``(the continued prior, the rows)``."""
+    continued = sb.continue_fit(prior, train, **phase)
+    log(f"{label}: {continued.config['seconds']:.0f} s")
+    wall = base_wall + continued.config["seconds"]
+    return continued, [Row(f"{label} → {method}", sb.every_shot(continued, tasks, method, samples, options), wall, note)
+                       for method, tasks, samples, options, note in runs]
 
 
 def theta_of(model: SinusoidModel) -> str:
