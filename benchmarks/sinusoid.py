@@ -234,6 +234,18 @@ def fit_np(family: bm.tasks.Sinusoid, s: Settings) -> tuple[bm.TaskSet, bm.Learn
     return train, prior, wall
 
 
+def np_importance(prior: bm.LearnedPrior, test: bm.TaskSet, s: Settings) -> tuple[dict[int, Score], dict[int, torch.Tensor]]:
+    """The neural process adapted by importance sampling at every shot count (``s.np_particles[k]`` proposals,
+    1000 resampled draws): ``({shots: Score}, {shots: effective sample size per task})``."""
+    scores, ess = {}, {}
+    for k in SHOTS:
+        scores[k], post = adapt_and_score(prior, test, k, "importance", s.np_samples,
+                                          {"num_particles": s.np_particles[k], "num_samples": 1000})
+        ess[k] = post.diagnostics["ess"]
+        log(f"NP importance {k}-shot: {scores[k].seconds:.1f} s, ESS median {ess[k].median():.0f}")
+    return scores, ess
+
+
 def continue_fit(prior: bm.LearnedPrior, train: bm.TaskSet, steps: int, lr: float, particles: int,
                  objective: str = "iwae") -> bm.LearnedPrior:
     """A copy of ``prior`` fitted ``steps`` more steps on ``objective`` with ``particles`` draws per task, on
@@ -269,13 +281,7 @@ def run_family(family: bm.tasks.Sinusoid, test: bm.TaskSet, s: Settings, full_ro
     log(f"{family_name(family)}: amortize {mix_wall:.0f} s, final -log q {extra['mix_loss']:.3f}")
     rows.append(Row(MIXTURE_ROW, every_shot(mixed, test, "amortized", s.mix_samples),
                     np_wall + mix_wall, f"all {len(test)} tasks"))
-    importance, ess = {}, {}
-    for k in SHOTS:
-        importance[k], post = adapt_and_score(np_prior, test, k, "importance", s.np_samples,
-                                              {"num_particles": s.np_particles[k], "num_samples": 1000})
-        ess[k] = post.diagnostics["ess"]
-        log(f"NP importance {k}-shot: {importance[k].seconds:.1f} s, ESS median {ess[k].median():.0f}")
-    extra["np_ess"] = ess
+    importance, extra["np_ess"] = np_importance(np_prior, test, s)
     rows.append(Row("NeuralProcessModel, pooled guide → importance", importance, np_wall, f"all {len(test)} tasks"))
     if not noiseless:
         iwae = continue_fit(np_prior, train, **s.np_iwae)
@@ -286,10 +292,8 @@ def run_family(family: bm.tasks.Sinusoid, test: bm.TaskSet, s: Settings, full_ro
         rows.append(Row(f"{NP_IWAE_ROW} → amortized",
                         every_shot(iwae, test, "amortized", s.np_samples),
                         iwae_wall, f"all {len(test)} tasks"))
-        rows.append(Row(f"{NP_IWAE_ROW} → importance",
-                        {k: adapt_and_score(iwae, test, k, "importance", s.np_samples,
-                                            {"num_particles": s.np_particles[k], "num_samples": 1000})[0]
-                         for k in SHOTS}, iwae_wall, f"all {len(test)} tasks"))
+        rows.append(Row(f"{NP_IWAE_ROW} → importance", np_importance(iwae, test, s)[0], iwae_wall,
+                        f"all {len(test)} tasks"))
         log(f"{family_name(family)}: NP IWAE rows done")
     if not full_rows:
         return rows, extra
