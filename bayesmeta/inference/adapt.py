@@ -144,6 +144,7 @@ def adapt_svi(
     progress: bool = False,
     covariance: str = "auto",
     components: int = 1,
+    objective: str = "elbo",
 ) -> TaskPosterior:
     r"""A Gaussian (or a mixture of ``components``) per task, started at the amortized guess and refined by SVI.
 
@@ -188,6 +189,21 @@ def adapt_svi(
             components find their places. The result is a ``MixtureSameFamily``. The cost grows as :math:`K` (and
             the mixture's density as :math:`K^2`) per task: on 200 one-point sinusoids, 1.5 s with one
             Gaussian, 4 s with 5 and 15 s with 10.
+        objective: ``"elbo"`` (default) or ``"iwae"``: each task's Gaussian maximizes the importance-weighted bound
+            :math:`\log \frac1P \sum_{p=1}^P p(D_i, \phi^{(p)}) / q(\phi^{(p)})` over ``num_particles`` = :math:`P`
+            draws (Burda et al. 2016) instead of the ELBO, as ``fit_prior(objective="iwae")`` trains an amortized
+            guide. Fitted by the ELBO, :math:`\mathrm{KL}(q \,\|\, p)`, one Gaussian pays for mass it puts where
+            the posterior has none and not for posterior mass it leaves out, so it sits inside one part of a split
+            or curved posterior; as a proposal for :math:`P` weighted draws it pays for the mass it leaves out,
+            and comes out wider: for a :class:`~bayesmeta.models.SinusoidModel` on noisy sinusoids (σ = 0.3, 200
+            tasks, :math:`P = 16`) the 90% intervals held 85 / 91 / 92 / 92% of the query points at 1 / 2 / 5 / 10
+            shots, against 67 / 82 / 91 / 92% by the ELBO (1-shot NLL 1.70 nats against 2.44). Where the posterior
+            is Gaussian both reach it (the bound is slower to shrink a Gaussian that is too wide, so start near
+            the posterior: the amortized guess). The gradient is the doubly
+            reparameterized one (Tucker et al. 2019, "Doubly Reparameterized Gradient Estimators for Monte Carlo
+            Objectives"): the draws' log-weights, :math:`\log q` held as the ELBO's sticking-the-landing estimator
+            holds it, weighted by their squared normalized weights; with :math:`P = 1` it is the ELBO's gradient.
+            One Gaussian per task only (``components=1``).
     """
     check_positive(steps, "steps", integer=True)
     check_positive(lr, "lr")
@@ -195,6 +211,10 @@ def adapt_svi(
     if covariance not in ("auto", "full", "diag"):
         raise ValueError(f"covariance: expected 'auto', 'full' or 'diag', got {covariance!r}")
     check_positive(components, "components", integer=True)
+    if objective not in ("elbo", "iwae"):
+        raise ValueError(f"objective: expected 'elbo' or 'iwae', got {objective!r}")
+    if objective == "iwae" and components != 1:
+        raise ValueError(f"objective: 'iwae' fits one Gaussian per task; got components={components!r} (use 1)")
     model = _model_at_theta(prior)
     start = _start(prior, tasks)
     # A model with a linear part: the Gaussian is over the free part, each draw completed by the exact
@@ -260,7 +280,9 @@ def adapt_svi(
                     phi, log_q_linear = complete_linear(prior.model, phi, tasks.support)
                 log_q = log_q + log_q_linear
             gap = log_joint(model, tasks, phi) - log_q  # (P K) x T
-            if k == 1:
+            if objective == "iwae":  # doubly reparameterized (see the docstring)
+                loss = -(torch.softmax(gap.detach(), 0) ** 2 * gap).sum()
+            elif k == 1:
                 loss = -gap.sum() / num_particles
             else:  # Σ_k π_k E_{q_k}[log p - log q]: the weights' gradients are exact
                 loss = -(gap.unflatten(0, (num_particles, k)) * torch.softmax(logits, -1).T).sum() / num_particles

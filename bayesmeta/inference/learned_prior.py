@@ -74,7 +74,9 @@ class LearnedPrior:
             method: for a full-Bayes prior (``fit_prior(method="nuts")``) only ``"nuts"``: the training and new
                 tasks sampled jointly, θ marginalized. Otherwise ``"amortized"`` (one pass of the guide),
                 ``"svi"`` (a Gaussian per task refined by SVI from the amortized guess; ``covariance="full"``
-                adds correlations to a diagonal guess, ``components=K`` makes it a mixture of K), ``"nuts"`` (NUTS under
+                adds correlations to a diagonal guess, ``components=K`` makes it a mixture of K,
+                ``objective="iwae"`` fits it to the importance-weighted bound, wider than the ELBO's on a curved or
+                split posterior), ``"nuts"`` (NUTS under
                 the learned θ), ``"importance"`` (importance sampling with the guide as proposal: the exact
                 posterior as the particles grow, with no per-task optimization) or ``"exact"`` (models with
                 ``exact_posterior``).
