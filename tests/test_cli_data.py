@@ -192,6 +192,29 @@ def test_error_components_without_svi(files, tmp_path, capsys):
     assert not (tmp_path / "out.csv").exists()
 
 
+def test_adapt_svi_on_the_importance_weighted_bound_agrees_with_exact(files, exact):
+    """--method svi --objective iwae on the linear model: the bound's optimum is the Gaussian posterior, so the
+    predictions agree with the exact ones as the mixture's do (within the Monte Carlo error of the two sets of draws
+    and 2% of a standard deviation for the optimization)."""
+    out, stdout = adapt(files, "svi", "iwae.csv", "--objective", "iwae")
+    assert "with method svi (fitted to the importance-weighted bound)" in stdout
+    gap = np.abs(out["mean"] - exact["mean"]).to_numpy()
+    assert (gap < 5 * exact["std"].to_numpy() * math.sqrt(2 / NUM_SAMPLES) + 0.02 * exact["std"].to_numpy()).all()
+    ratio = (out["std"] / exact["std"]).to_numpy()
+    assert np.abs(ratio - 1).max() < 5 / math.sqrt(NUM_SAMPLES) and abs(np.median(ratio) - 1) < 1 / math.sqrt(NUM_SAMPLES)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--method", "exact", "--objective", "iwae"], "--objective: it chooses what --method svi fits, got --method exact"),
+    (["--method", "svi", "--objective", "iwae", "--components", "3"],
+     "--objective iwae fits one Gaussian per task, got --components 3"),
+])
+def test_error_objective_outside_svi_or_with_a_mixture(files, tmp_path, capsys, args, message):
+    err = adapt_fails(files, tmp_path, capsys, args=args)
+    assert message in err
+    assert not (tmp_path / "out.csv").exists()
+
+
 def test_adapt_defaults_to_the_columns_fitted_on(files, exact):
     out, stdout = adapt(files, "exact", "stored.csv")  # no --task-col, --x, --y
     pd.testing.assert_frame_equal(out, exact)

@@ -205,6 +205,9 @@ def _add_adapt(commands: Any) -> None:
     adapt.add_argument("--components", type=positive_int, default=1, metavar="K",
                        help="svi only: a mixture of K Gaussians per task instead of one, for posteriors that are "
                        "split or curved (a few points of a nonlinear model); about K times slower (default: 1)")
+    adapt.add_argument("--objective", choices=["elbo", "iwae"], default="elbo",
+                       help="svi only: fit each task's Gaussian to the ELBO, or to the importance-weighted bound, "
+                       "which makes one Gaussian wider on a split or curved posterior (default: elbo)")
     adapt.add_argument("--num-samples", type=positive_int, default=200,
                        help="posterior draws behind each prediction and interval (default: 200)")
     adapt.add_argument("--seed", type=seed_arg, default=0, help="seeds the draws and the svi/nuts methods (default: 0)")

@@ -262,6 +262,10 @@ def _adapt(args: argparse.Namespace) -> int:
 
     if args.components != 1 and args.method != "svi":
         raise ValueError(f"--components: a mixture is fitted by --method svi only, got --method {args.method}")
+    if args.objective != "elbo" and args.method != "svi":
+        raise ValueError(f"--objective: it chooses what --method svi fits, got --method {args.method}")
+    if args.objective == "iwae" and args.components != 1:
+        raise ValueError(f"--objective iwae fits one Gaussian per task, got --components {args.components}")
     prior = load_prior(args.prior, args.device)
     columns = _adapt_columns(prior, args)
     tasks = table_tasks(read_table(args.new), args.new, columns)
@@ -281,6 +285,7 @@ def _adapt(args: argparse.Namespace) -> int:
     options = {"seed": args.seed, "progress": not args.no_progress} if args.method in ("svi", "nuts") else {}
     if args.method == "svi":
         options["components"] = args.components
+        options["objective"] = args.objective
     post = prior.adapt(tasks, method=args.method, **options)
     x, positions = pad_by_task(codes, grid_x, len(tasks))
     pred = post.predict(x.to(tasks.dtype), num_samples=args.num_samples, seed=args.seed)
@@ -300,6 +305,7 @@ def _adapt(args: argparse.Namespace) -> int:
     print(f"adapted {len(tasks)} task(s) ({columns.task!r}) from {int(counts.sum())} rows of {args.new} "
           f"({count_span(counts)} per task) with method {args.method}"
           + (f" (a mixture of {args.components} Gaussians per task)" if args.components > 1 else "")
+          + (" (fitted to the importance-weighted bound)" if args.objective == "iwae" else "")
           + f" and predicted {len(grid)} rows of {args.predict} "
           f"in {seconds:.2f} s ({args.num_samples} draws, seed {args.seed})")
     if unused:
