@@ -145,29 +145,41 @@ class _Squared(bm.HierarchicalModel):
         return pyro.distributions.Normal(phi[..., None, :] ** 2 * x, 0.3).to_event(1)
 
 
+class _TwoModes:
+    """Six one-point tasks of ``_Squared`` (y = 0.5 to 2 at x = 1), their posteriors on a grid, and how far a fitted
+    q is from them."""
+
+    def __init__(self) -> None:
+        from bayesmeta.guides import PerTaskGuide
+
+        model = _Squared()
+        self.prior = bm.LearnedPrior(model, PerTaskGuide(model, num_tasks=1), {}, {})
+        y = torch.tensor([0.5, 0.8, 1.0, 1.2, 1.5, 2.0])
+        self.data = bm.TaskData(torch.ones(6, 1, 1), y[:, None, None], torch.ones(6, 1, dtype=torch.bool))
+        self.grid = torch.linspace(-4.0, 4.0, 8001)
+        self.step = self.grid[1] - self.grid[0]
+        normal = torch.distributions.Normal
+        log_post = normal(0.0, 1.0).log_prob(self.grid) + normal(self.grid**2, 0.3).log_prob(y[:, None])
+        self.log_post = log_post - torch.logsumexp(log_post, -1, keepdim=True) - self.step.log()  # T x G, a density
+
+    def forward_kl(self, log_q: torch.Tensor) -> torch.Tensor:
+        """KL(posterior ‖ q) per task, from ``log_q``: T x G on the grid."""
+        return (self.log_post.exp() * (self.log_post - log_q)).sum(-1) * self.step
+
+    def on_grid(self, q) -> torch.Tensor:
+        """log q on the grid, T x G."""
+        return q.log_prob(self.grid[:, None, None].expand(-1, self.data.y.shape[0], 1)).T.detach()
+
+
 def test_svi_mixture_covers_both_modes_of_a_bimodal_posterior():
     """Against the posterior on a grid: one Gaussian sits on one mode (or between them), a mixture of 8 finds both,
     with half the mass on each, and its forward KL from the exact posterior is small for every task."""
-    from bayesmeta.guides import PerTaskGuide
-
-    model = _Squared()
-    prior = bm.LearnedPrior(model, PerTaskGuide(model, num_tasks=1), {}, {})
-    y = torch.tensor([0.5, 0.8, 1.0, 1.2, 1.5, 2.0])
-    data = bm.TaskData(torch.ones(6, 1, 1), y[:, None, None], torch.ones(6, 1, dtype=torch.bool))
-    grid = torch.linspace(-4.0, 4.0, 8001)
-    step = grid[1] - grid[0]
-    normal = torch.distributions.Normal
-    log_post = normal(0.0, 1.0).log_prob(grid) + normal(grid**2, 0.3).log_prob(y[:, None])
-    log_post = log_post - torch.logsumexp(log_post, -1, keepdim=True) - step.log()  # T x G, a density
-
-    def forward_kl(q):
-        log_q = q.log_prob(grid[:, None, None].expand(-1, len(y), 1)).T
-        return (log_post.exp() * (log_post - log_q)).sum(-1) * step, (log_q.exp() * (grid > 0)).sum(-1) * step
-
-    one, _ = forward_kl(prior.adapt(data, method="svi", steps=800).distribution)
-    mixture = prior.adapt(data, method="svi", steps=800, components=8).distribution
+    case = _TwoModes()
+    one = case.forward_kl(case.on_grid(case.prior.adapt(case.data, method="svi", steps=800).distribution))
+    mixture = case.prior.adapt(case.data, method="svi", steps=800, components=8).distribution
     assert isinstance(mixture, torch.distributions.MixtureSameFamily)
-    kl, right = forward_kl(mixture)
+    log_q = case.on_grid(mixture)
+    kl, right = case.forward_kl(log_q), (log_q.exp() * (case.grid > 0)).sum(-1) * case.step
     # Measured: one Gaussian 0.34 to 139 nats (from 1.3 where the modes are apart); 8 components at most 0.009, the
     # mass right of 0 within 0.007 of one half.
     assert one.max() >= 10.0, one
@@ -215,29 +227,14 @@ def test_svi_iwae_one_gaussian_spans_a_bimodal_posterior():
     """One Gaussian fitted by the ELBO sits on one of two mirror-image modes; fitted to the importance-weighted bound
     (P = 16) it spans both. Against the grid posterior: its forward KL comes within 0.5 nats of the best any
     Gaussian can do (the moment-matched one) on every task, where the ELBO's is 10 nats or more off somewhere."""
-    from bayesmeta.guides import PerTaskGuide
-
-    model = _Squared()
-    prior = bm.LearnedPrior(model, PerTaskGuide(model, num_tasks=1), {}, {})
-    y = torch.tensor([0.5, 0.8, 1.0, 1.2, 1.5, 2.0])
-    data = bm.TaskData(torch.ones(6, 1, 1), y[:, None, None], torch.ones(6, 1, dtype=torch.bool))
-    grid = torch.linspace(-4.0, 4.0, 8001)
-    step = grid[1] - grid[0]
-    normal = torch.distributions.Normal
-    log_post = normal(0.0, 1.0).log_prob(grid) + normal(grid**2, 0.3).log_prob(y[:, None])
-    log_post = log_post - torch.logsumexp(log_post, -1, keepdim=True) - step.log()  # T x G, a density
-    post = log_post.exp()
-
-    def forward_kl(log_q):  # log_q: T x G
-        return (post * (log_post - log_q)).sum(-1) * step
-
-    mean = (post * grid).sum(-1) * step
-    sd = ((post * (grid - mean[:, None]) ** 2).sum(-1) * step).sqrt()
-    best = forward_kl(normal(mean[:, None], sd[:, None]).log_prob(grid))
-    kl = {}
-    for objective in ("elbo", "iwae"):
-        q = prior.adapt(data, method="svi", steps=800, objective=objective).distribution
-        kl[objective] = forward_kl(q.log_prob(grid[:, None, None].expand(-1, len(y), 1)).T.detach())
+    case = _TwoModes()
+    post, grid = case.log_post.exp(), case.grid
+    mean = (post * grid).sum(-1) * case.step
+    sd = ((post * (grid - mean[:, None]) ** 2).sum(-1) * case.step).sqrt()
+    best = case.forward_kl(torch.distributions.Normal(mean[:, None], sd[:, None]).log_prob(grid))
+    kl = {objective: case.forward_kl(case.on_grid(
+        case.prior.adapt(case.data, method="svi", steps=800, objective=objective).distribution))
+        for objective in ("elbo", "iwae")}
     # Measured: best 0.26 to 1.85 nats; the bound's Gaussian at most 0.14 above it, the ELBO's up to 73 above.
     assert (kl["iwae"] - best).max() <= 0.5, (kl["iwae"], best)
     assert (kl["elbo"] - best).max() >= 10.0, (kl["elbo"], best)
