@@ -30,7 +30,7 @@ from typing import Sequence  # noqa: E402
 
 import bayesmeta as bm  # noqa: E402
 import sinusoid as sb  # noqa: E402  (benchmarks/sinusoid.py: its settings, fits, scoring and tables)
-from sinusoid_noisy import coverage_section  # noqa: E402
+from sinusoid_noisy import noisy_tasks, results_and_target  # noqa: E402
 from _report import Row, log, one_thread_machine, page_args, page_header, publish, utc_now  # noqa: E402
 
 
@@ -53,8 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     s = Settings.quick() if quick else Settings()
     f = s.fits
     started, date = time.perf_counter(), utc_now()
-    family = bm.tasks.Sinusoid(noise_std=sb.NOISY_STD)
-    test = family.sample(num_tasks=f.test_tasks, support=max(sb.SHOTS), query=f.query, seed=1)
+    family, test = noisy_tasks(f)
     grid = f"{f.coarse_grid[0]}×{f.coarse_grid[1]}"
     rows = [Row(f"Bayes-optimal (grid {grid})", sb.oracle_scores(family, test, f.coarse_grid), None,
                 f"all {len(test)} tasks")]
@@ -91,15 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "draws' mean importance weight, per task). Meta-train time in the tables is the first fit's plus the "
         f"continuation's. Learned noise scales: {noise}.",
         "",
-        "## Results",
-        "",
-        sb.results_tables(rows),
-        "## The issue's coverage target",
-        "",
-        "90% intervals should cover 85–95% of the query points for every Bayesian method:",
-        "",
-        coverage_section(rows),
-        "",
+        *results_and_target(rows, "90% intervals should cover 85–95% of the query points for every Bayesian method:"),
         "The ELBO trains the guide by KL(q ‖ p), which a Gaussian pays least for by sitting inside one part of the "
         "posterior: too narrow where one or two noisy points leave a ridge of amplitude-phase pairs. The "
         "importance-weighted bound trains it as a proposal for K draws: its gradient weighs each draw by how much "

@@ -27,7 +27,7 @@ from typing import Sequence  # noqa: E402
 
 import bayesmeta as bm  # noqa: E402
 import sinusoid as sb  # noqa: E402  (benchmarks/sinusoid.py: its settings, fits, scoring and tables)
-from sinusoid_noisy import coverage_section  # noqa: E402
+from sinusoid_noisy import noisy_tasks, results_and_target  # noqa: E402
 from _report import Row, log, one_thread_machine, page_args, page_header, publish, utc_now  # noqa: E402
 
 #: The two objectives of adapt(method="svi"), as the rows name them.
@@ -38,8 +38,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     quick, out = page_args(__doc__, "svi_iwae.md", argv)
     s = sb.Settings.quick() if quick else sb.Settings.full()
     started, date = time.perf_counter(), utc_now()
-    family = bm.tasks.Sinusoid(noise_std=sb.NOISY_STD)
-    test = family.sample(num_tasks=s.test_tasks, support=max(sb.SHOTS), query=s.query, seed=1)
+    family, test = noisy_tasks(s)
     sub = test[: s.np_svi_tasks]
     grid = f"{s.coarse_grid[0]}×{s.coarse_grid[1]}"
     note = f"first {len(sub)} tasks"
@@ -83,15 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "\"iwae\" (per task the log of the draws' mean importance weight, doubly reparameterized gradient). "
         "Meta-train time in the tables is the model's fit; adapt time is the SVI.",
         "",
-        "## Results",
-        "",
-        sb.results_tables(rows),
-        "## The issue's coverage target",
-        "",
-        "90% intervals should cover 85–95% of the query points for every Bayesian method:",
-        "",
-        coverage_section(rows),
-        "",
+        *results_and_target(rows, "90% intervals should cover 85–95% of the query points for every Bayesian method:"),
         "Fitted by KL(q ‖ p), one Gaussian pays for mass it puts where the posterior has none and not for posterior "
         "mass it leaves out: where one or two noisy points leave a ridge of amplitude-phase pairs it sits inside "
         "one part of it, and its intervals are too narrow. Fitted to the importance-weighted bound it is scored as "
