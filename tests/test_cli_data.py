@@ -201,15 +201,19 @@ def test_error_components_without_svi(files, tmp_path, capsys):
 def test_adapt_svi_on_the_importance_weighted_bound_agrees_with_exact(files, exact):
     """--method svi --objective iwae on the linear model, whose Gaussian posterior is the bound's optimum. The bound
     hardly penalizes a Gaussian that is too wide (P weighted draws forgive spare width), so in the default 500 steps
-    a task whose guess is wide can stay so: measured, the worst of 60 tasks 20% wide, its mean 0.42 sd off (how far
-    depends on the float path: torch's thread count), the median task exact. So: every predictive sd within 30% and
-    mean within half an sd of the exact ones, the median sd within the Monte Carlo error of one
-    (``tests/inference/test_adapt.py`` checks the bound's optimum itself, to KL 0.01)."""
+    a task whose guess is wide can stay wide and off-centre (measured: one of 60, 20% wide and 0.42 sd off, where it
+    lands moving with torch's thread count); ``tests/inference/test_adapt.py`` checks the optimum itself, to KL 0.01.
+    Here, with the Monte Carlo tolerances of the mixture's test: no predictive sd narrower than the exact one (the
+    bound's error is one-sided), the median sd and the median mean as the exact ones; and the ELBO's fit differs."""
     out, stdout = adapt(files, "svi", "iwae.csv", "--objective", "iwae")
     assert "with method svi (fitted to the importance-weighted bound)" in stdout
-    assert (np.abs(out["mean"] - exact["mean"]) < 0.5 * exact["std"]).all()
+    sd_error = 1 / math.sqrt(NUM_SAMPLES)  # relative error of a sd from N draws, about 1 / sqrt(2N), twice over
     ratio = (out["std"] / exact["std"]).to_numpy()
-    assert np.abs(ratio - 1).max() < 0.3 and abs(np.median(ratio) - 1) < 1 / math.sqrt(NUM_SAMPLES)
+    assert ratio.min() > 1 - 5 * sd_error and abs(np.median(ratio) - 1) < sd_error
+    gap = (np.abs(out["mean"] - exact["mean"]) / exact["std"]).to_numpy()
+    assert np.median(gap) < 5 * math.sqrt(2 / NUM_SAMPLES) + 0.02
+    elbo, _ = adapt(files, "svi", "elbo.csv")
+    assert not np.allclose(out["std"], elbo["std"])  # --objective reached the optimizer
 
 
 @pytest.mark.parametrize("args, message", [
