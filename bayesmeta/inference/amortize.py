@@ -37,11 +37,12 @@ __all__ = ["amortize", "simulate_tasks"]
 
 
 def simulate_tasks(prior: LearnedPrior, inputs: TaskData, generator: torch.Generator | None = None,
-                   min_points: int = 0) -> tuple[torch.Tensor, TaskSet]:
+                   min_points: int = 0, max_points: int | None = None) -> tuple[torch.Tensor, TaskSet]:
     r"""Draw :math:`\phi_i \sim p_\theta(\phi)` and :math:`y \sim p_\theta(y \mid x, \phi_i)` at the inputs of ``inputs``.
 
     Each task keeps a uniformly random subset of its points whose size is uniform on ``min_points`` ..
-    (its count), as the support of the returned TaskSet (no query). Returns ``(phi: T x phi_dim, tasks)``.
+    (its count, or ``max_points`` where that is fewer), as the support of the returned TaskSet (no query).
+    Returns ``(phi: T x phi_dim, tasks)``.
     """
     model = prior.model
     with torch.no_grad(), theta_fixed(model, prior.guide.theta_point() if prior.guide is not None else {}):
@@ -49,7 +50,8 @@ def simulate_tasks(prior: LearnedPrior, inputs: TaskData, generator: torch.Gener
         y = model.likelihood(phi, inputs.x).sample()
     simulated = TaskData(inputs.x, y, inputs.mask)
     empty = TaskData(inputs.x[:, :0], y[:, :0], inputs.mask[:, :0])
-    return phi, random_point_subsets(TaskSet._trusted(simulated, empty, None, None), min_points, generator)
+    return phi, random_point_subsets(TaskSet._trusted(simulated, empty, None, None), min_points, generator,
+                                     max_points)
 
 
 def amortize(
@@ -62,6 +64,7 @@ def amortize(
     lr_decay: float = 0.1,
     clip_norm: float = 10.0,
     min_points: int = 0,
+    max_points: int | None = None,
     guide_options: dict[str, Any] | None = None,
     seed: int = 0,
     progress: bool = True,
@@ -82,6 +85,9 @@ def amortize(
             the learning rate decaying by ``lr_decay`` over the run, gradients clipped at ``clip_norm``.
         min_points: the fewest points a simulated support set keeps (sizes are uniform from it to a
             task's count); 0 teaches the guide the prior too.
+        max_points: the most points a simulated support set keeps (``None``: a task's count). The guide
+            learns the sizes it is shown, each as often as the others: a cap at the support sizes you will
+            adapt to spends the steps there (tasks of 20 points and shots 1–10, say).
         guide_options: keyword arguments for the guide's constructor (e.g. ``{"components": 20}``).
         seed: seeds the simulation and the guide's initialization.
         progress: a tqdm bar with the loss.
@@ -114,6 +120,10 @@ def amortize(
         raise ValueError(f"lr_decay: expected a factor in (0, 1], got {lr_decay!r}")
     if isinstance(min_points, bool) or not isinstance(min_points, int) or min_points < 0:
         raise ValueError(f"min_points: expected a non-negative int, got {min_points!r}")
+    if max_points is not None and (isinstance(max_points, bool) or not isinstance(max_points, int)
+                                   or max_points < max(min_points, 1)):
+        raise ValueError(f"max_points: expected None or an int ≥ max(min_points, 1) = {max(min_points, 1)}, "
+                         f"got {max_points!r}")
     if guide in ("per_task", "exact", "gradient"):
         raise ValueError(f"guide: expected a guide that reads support sets ('mixture', 'pooled', 'amortized') or a "
                          f"TaskGuide, got {guide!r}")
@@ -138,7 +148,7 @@ def amortize(
     for step in bar:
         rows = torch.randint(len(tasks), (min(batch_tasks, len(tasks)),), generator=generator, device=device)
         phi, simulated = simulate_tasks(prior, TaskData(inputs.x[rows], inputs.y[rows], inputs.mask[rows]),
-                                        generator, min_points)
+                                        generator, min_points, max_points)
         optimizer.zero_grad(set_to_none=True)
         with theta_fixed(model, new.theta_point()):
             loss = -new.posterior(simulated).log_prob(phi).mean()
@@ -156,7 +166,8 @@ def amortize(
             running, count = 0.0, 0
     config = {**prior.config, "guide": new.kind, "amortize": {
         "objective": "forward_kl", "steps": steps, "batch_tasks": batch_tasks, "lr": lr, "lr_decay": lr_decay,
-        "clip_norm": clip_norm, "min_points": min_points, "seed": seed, "num_tasks": len(tasks),
+        "clip_norm": clip_norm, "min_points": min_points, "max_points": max_points, "seed": seed,
+        "num_tasks": len(tasks),
         "seconds": time.perf_counter() - start,
     }}
     return LearnedPrior(model, new, config, {**prior.history, **history}, training_tasks=prior.training_tasks)

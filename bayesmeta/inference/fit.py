@@ -319,9 +319,11 @@ class _RandomSubsets:
         return self._last[1]
 
 
-def random_point_subsets(tasks: TaskSet, min_points: int = 1, generator: torch.Generator | None = None) -> TaskSet:
+def random_point_subsets(tasks: TaskSet, min_points: int = 1, generator: torch.Generator | None = None,
+                         max_points: int | None = None) -> TaskSet:
     """Keep, in each task, a uniformly random subset of its points whose size is uniform on
-    ``min_points``..(its count) (the count itself where it is smaller).
+    ``min_points``..(its count, or ``max_points`` where that is fewer) (the count itself where it is smaller
+    than ``min_points``).
 
     Dropped points are masked and zeroed (the padding convention); tasks with no points stay empty.
     """
@@ -331,8 +333,9 @@ def random_point_subsets(tasks: TaskSet, min_points: int = 1, generator: torch.G
     ranks = keys.argsort(1).argsort(1)
     counts = mask.sum(1)
     low = counts.clamp(max=min_points)
+    high = counts if max_points is None else counts.clamp(max=max(max_points, min_points))
     unit = torch.rand(counts.shape, generator=generator, device=mask.device)
-    sizes = low + (unit * (counts - low + 1)).long().clamp(max=counts - low)
+    sizes = low + (unit * (high - low + 1)).long().clamp(max=high - low)
     keep = (ranks < sizes[:, None]) & mask
     sides = []
     for side, side_keep in zip((support, query), keep.split([support.num_points, query.num_points], 1)):

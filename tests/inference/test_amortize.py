@@ -99,6 +99,20 @@ def test_simulated_tasks_keep_random_subsets_of_the_inputs():
     assert (sim.support.y[~kept] == 0).all() and (sim.support.x[~kept] == 0).all()
 
 
+def test_simulated_sizes_stop_at_max_points():
+    prior = bm.LearnedPrior(HierarchicalLinearRegression(x_dim=1), None, {}, {})
+    points = bm.tasks.LinearGaussian(x_dim=1, seed=0).sample(800, 12, 8, seed=0).all_points()
+    points = bm.TaskData(points.x, points.y, points.mask.clone())
+    points.mask[:100, 2:] = False  # a hundred tasks of 2 points, fewer than the cap: they keep 0..2
+    _, sim = simulate_tasks(prior, points, torch.Generator().manual_seed(0), min_points=1, max_points=4)
+    sizes = sim.support.mask.sum(1)
+    assert int(sizes[:100].min()) == 1 and int(sizes[:100].max()) == 2
+    # The other 700: uniform on 1..4, 175 expected each (sd of a count: sqrt(700 * 1/4 * 3/4) = 11.5).
+    counts = torch.bincount(sizes[100:], minlength=5).double()
+    assert counts[0] == 0 and counts[5:].sum() == 0
+    assert ((counts[1:5] - 175).abs() < 5 * math.sqrt(700 * 0.25 * 0.75)).all()
+
+
 @pytest.mark.parametrize("full", [False, True])
 def test_mixture_moments(full):
     torch.manual_seed(0)
@@ -159,6 +173,10 @@ def test_bad_inputs_are_refused(linear):
         bm.amortize(prior, test, guide="per_task", steps=1, progress=False)
     with pytest.raises(ValueError, match="min_points: expected a non-negative int"):
         bm.amortize(prior, test, min_points=-1, steps=1, progress=False)
+    with pytest.raises(ValueError, match=r"max_points: expected None or an int ≥ max\(min_points, 1\) = 3, got 2"):
+        bm.amortize(prior, test, min_points=3, max_points=2, steps=1, progress=False)
+    with pytest.raises(ValueError, match="max_points: expected None or an int ≥ .* got 0"):
+        bm.amortize(prior, test, max_points=0, steps=1, progress=False)
     with pytest.raises(ValueError, match="components: expected a positive int"):
         MixtureGuide(prior.model, components=0)
     with pytest.raises(ValueError, match="steps"):
