@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
     ("performance.py", "# Performance of the neural models"),
     ("entropy.py", "# Entropy and structure"),
     ("np_particles.py", "# Neural process at 1 shot: importance particles"),
+    ("np_mixture.py", "# Neural process at 1 shot: the mixture guide by simulation"),
     ("bnn_budget.py", "# HierarchicalBNN: 5-shot MSE against the meta-training budget"),
     ("np_iwae.py", "# Neural process on noisy sinusoids: the importance-weighted bound and calibration"),
     ("svi_iwae.py", "# Noisy sinusoids: SVI on the ELBO or on the importance-weighted bound"),
