@@ -103,7 +103,7 @@ def test_simulated_sizes_stop_at_max_points():
     prior = bm.LearnedPrior(HierarchicalLinearRegression(x_dim=1), None, {}, {})
     points = bm.tasks.LinearGaussian(x_dim=1, seed=0).sample(800, 12, 8, seed=0).all_points()
     points = bm.TaskData(points.x, points.y, points.mask.clone())
-    points.mask[:100, 2:] = False  # a hundred tasks of 2 points, fewer than the cap: they keep 0..2
+    points.mask[:100, 2:] = False  # a hundred tasks of 2 points, fewer than the cap: they keep 1..2
     _, sim = simulate_tasks(prior, points, torch.Generator().manual_seed(0), min_points=1, max_points=4)
     sizes = sim.support.mask.sum(1)
     assert int(sizes[:100].min()) == 1 and int(sizes[:100].max()) == 2
