@@ -28,7 +28,7 @@ import time  # noqa: E402
 from concurrent.futures import ProcessPoolExecutor  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import Any, Sequence  # noqa: E402
+from typing import Sequence  # noqa: E402
 
 import torch  # noqa: E402
 
@@ -67,27 +67,22 @@ class Result:
     mc_excess_1: float  # the Monte Carlo excess of that prediction: E[Var(f | S)] / s.draws_1
 
 
-def held_out(s: sb.Settings) -> tuple[bm.tasks.Sinusoid, bm.TaskSet]:
-    family = bm.tasks.Sinusoid()
-    return family, family.sample(num_tasks=s.test_tasks, support=max(sb.SHOTS), query=s.query, seed=1)
+def shot_errors(prior: bm.LearnedPrior, test: bm.TaskSet, shots: int, draws: int) -> tuple[torch.Tensor, float]:
+    """Per-task query MSE of the amortized prediction from ``shots`` points and ``draws`` draws, and its Monte
+    Carlo excess (``sinusoid.predict``)."""
+    pred, excess = sb.predict(prior.adapt(test.support.head(shots)), test.query.x, draws)
+    return mse(pred.mean, test.query.y, test.query.mask), excess
 
 
 def fit_variant(prior_path: str, s: Settings, components: int, max_points: int | None) -> Result:
     """One mixture guide on the saved neural process, scored at every shot (runs in a worker process)."""
     torch.set_num_threads(1)
-    base = s.base
-    family, test = held_out(base)
-    train = family.sample(num_tasks=base.np_train_tasks, support=10, query=10, seed=0)
-    prior = bm.LearnedPrior.load(prior_path)
-    mixed = prior.amortize(train, steps=base.mix_steps, batch_tasks=base.mix_batch, lr=1e-3, seed=0, progress=False,
-                           guide_options={**base.mix_options, "components": components}, max_points=max_points)
-
-    def scored(shots: int, draws: int) -> tuple[torch.Tensor, float]:
-        pred, excess = sb.predict(mixed.adapt(test.support.head(shots)), test.query.x, draws)
-        return mse(pred.mean, test.query.y, test.query.mask), excess
-
-    errors = {k: scored(k, s.draws)[0] for k in sb.SHOTS}
-    one, excess = scored(1, s.draws_1)
+    family = bm.tasks.Sinusoid()
+    test = sb.held_out(family, s.base)
+    mixed = sb.fit_mixture(bm.LearnedPrior.load(prior_path), sb.np_train(family, s.base), s.base, components,
+                           max_points)
+    errors = {k: shot_errors(mixed, test, k, s.draws)[0] for k in sb.SHOTS}
+    one, excess = shot_errors(mixed, test, 1, s.draws_1)
     log(f"mixture of {components}, max_points {max_points}: {mixed.config['amortize']['seconds']:.0f} s")
     return Result(components, max_points, mixed.config["amortize"]["seconds"], mixed.history["loss"][-1], errors,
                   one, excess)
@@ -104,12 +99,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     quick, out = page_args(__doc__, "np_mixture.md", argv)
     s = Settings.quick() if quick else Settings()
     started, date = time.perf_counter(), utc_now()
-    family, test = held_out(s.base)
+    family = bm.tasks.Sinusoid()
+    test = sb.held_out(family, s.base)
     bayes = {k: mse(sb.sinusoid_bayes_predict(family, test.support.head(k), test.query.x, grid=s.base.oracle_grid)
                     .mean, test.query.y, test.query.mask) for k in sb.SHOTS}
     _, prior, fit_s = sb.fit_np(family, s.base)
-    amortized = {k: mse(sb.predict(prior.adapt(test.support.head(k)), test.query.x, s.base.np_samples)[0].mean,
-                        test.query.y, test.query.mask) for k in sb.SHOTS}
+    amortized = {k: shot_errors(prior, test, k, s.base.np_samples)[0] for k in sb.SHOTS}
     with tempfile.TemporaryDirectory() as folder:
         path = str(Path(folder) / "np.prior")
         prior.save(path)

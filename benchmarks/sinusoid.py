@@ -235,12 +235,31 @@ def fit(label: str, make: Callable[[], bm.HierarchicalModel], train: bm.TaskSet,
     return prior, wall
 
 
+def held_out(family: bm.tasks.Sinusoid, s: Settings) -> bm.TaskSet:
+    """The family's test tasks, as every sinusoid page has them (k-shot adaptation reads ``support.head(k)``)."""
+    return family.sample(num_tasks=s.test_tasks, support=max(SHOTS), query=s.query, seed=1)
+
+
+def np_train(family: bm.tasks.Sinusoid, s: Settings) -> bm.TaskSet:
+    """The neural process's training tasks (and the inputs its mixture guide is simulated at)."""
+    return family.sample(num_tasks=s.np_train_tasks, support=10, query=10, seed=0)
+
+
 def fit_np(family: bm.tasks.Sinusoid, s: Settings) -> tuple[bm.TaskSet, bm.LearnedPrior, float]:
     """The neural process of this page on the family's training tasks: ``(train, prior, seconds)``."""
-    train = family.sample(num_tasks=s.np_train_tasks, support=10, query=10, seed=0)
+    train = np_train(family, s)
     prior, wall = fit(f"NeuralProcessModel ({family_name(family)})", NeuralProcessModel, train, guide="pooled",
                       steps=s.np_steps, batch_tasks=64, lr=1e-3, kl_anneal_steps=s.np_anneal, random_subsets=True)
     return train, prior, wall
+
+
+def fit_mixture(prior: bm.LearnedPrior, train: bm.TaskSet, s: Settings, components: int | None = None,
+                max_points: int | None = None) -> bm.LearnedPrior:
+    """``prior.amortize`` with this page's settings (``s.mix_*``), or another number of components and a cap on
+    the simulated support sizes (benchmarks/np_mixture.py)."""
+    options = s.mix_options if components is None else {**s.mix_options, "components": components}
+    return prior.amortize(train, steps=s.mix_steps, batch_tasks=s.mix_batch, lr=1e-3, guide_options=options,
+                          max_points=max_points, seed=0, progress=False)
 
 
 def fit_sin(family: bm.tasks.Sinusoid, s: Settings) -> tuple[bm.TaskSet, bm.LearnedPrior, float]:
@@ -293,8 +312,7 @@ def run_family(family: bm.tasks.Sinusoid, test: bm.TaskSet, s: Settings, full_ro
     rows.append(Row("NeuralProcessModel, pooled guide → amortized", amort, np_wall, f"all {len(test)} tasks"))
     log(f"{family_name(family)}: NP amortized done")
     start = time.perf_counter()
-    mixed = np_prior.amortize(train, steps=s.mix_steps, batch_tasks=s.mix_batch, lr=1e-3, guide_options=s.mix_options,
-                              seed=0, progress=False)
+    mixed = fit_mixture(np_prior, train, s)
     mix_wall = time.perf_counter() - start
     extra["mix_wall"], extra["mix_loss"] = mix_wall, mixed.history["loss"][-1]
     log(f"{family_name(family)}: amortize {mix_wall:.0f} s, final -log q {extra['mix_loss']:.3f}")
@@ -484,8 +502,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     date = utc_now()
     family = bm.tasks.Sinusoid()
     noisy = bm.tasks.Sinusoid(noise_std=NOISY_STD)
-    test = family.sample(num_tasks=s.test_tasks, support=max(SHOTS), query=s.query, seed=1)
-    noisy_test = noisy.sample(num_tasks=s.test_tasks, support=max(SHOTS), query=s.query, seed=1)
+    test, noisy_test = held_out(family, s), held_out(noisy, s)
 
     log("noiseless family")
     rows, extra = run_family(family, test, s, full_rows=True)

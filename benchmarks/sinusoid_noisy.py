@@ -176,7 +176,7 @@ def coverage_section(rows: list[Row]) -> str:
 def noisy_tasks(s: sb.Settings) -> tuple[bm.tasks.Sinusoid, bm.TaskSet]:
     """The noisy family and its test tasks, as every noisy sinusoid page has them: ``(family, test)``."""
     family = bm.tasks.Sinusoid(noise_std=sb.NOISY_STD)
-    return family, family.sample(num_tasks=s.test_tasks, support=max(sb.SHOTS), query=s.query, seed=1)
+    return family, sb.held_out(family, s)
 
 
 def results_and_target(rows: list[Row], lead: str) -> list[str]:
