@@ -8,6 +8,7 @@ import platform
 import shlex
 import sys
 import time
+from concurrent.futures import FIRST_EXCEPTION, Future, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -25,6 +26,20 @@ LOADS: list[float] = []
 def log(message: str) -> None:
     LOADS.append(os.getloadavg()[0])
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def gather(jobs: Sequence[Future], every: float = 30.0) -> list[Any]:
+    """The results of worker-process ``jobs`` in their order, sampling the load average every ``every`` seconds
+    while they run (the workers' own progress messages sample it in their processes, not in this one)."""
+    while True:
+        LOADS.append(os.getloadavg()[0])
+        done, running = wait(jobs, timeout=every, return_when=FIRST_EXCEPTION)
+        failed = [job for job in done if job.exception() is not None]
+        if failed:  # say so now: the pool still waits for the other jobs before the error propagates
+            log(f"a worker failed: {failed[0].exception()!r}; waiting for the other workers to end")
+            failed[0].result()
+        if not running:
+            return [job.result() for job in jobs]
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[bool] | None = None) -> str:

@@ -33,3 +33,17 @@ def test_quick_run_prints_its_page(script, title):
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.startswith(title) and "quick smoke run" in result.stdout
+
+
+def test_gather_keeps_the_jobs_order_samples_the_load_and_raises_a_workers_error(monkeypatch):
+    from concurrent.futures import ThreadPoolExecutor
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import _report
+
+    monkeypatch.setattr(_report, "LOADS", [])
+    with ThreadPoolExecutor(2) as pool:
+        assert _report.gather([pool.submit(pow, 2, 10), pool.submit(sorted, "cba")], every=0.01) == [1024, list("abc")]
+        assert len(_report.LOADS) >= 1
+        with pytest.raises(ValueError, match="invalid literal"):
+            _report.gather([pool.submit(int, "x"), pool.submit(pow, 3, 2)], every=0.01)
