@@ -58,6 +58,9 @@ class Settings:
     #: and tasks, docs/sinusoid.md's 30000 steps of 256 tasks): 40 components capped at 10 points +6.4% ± 1.5% over
     #: Bayes at 1 shot, 80 +9.3% ± 1.7%; probes (100 draws): 20 capped +10.3%, 40 capped with seed 1 +6.9%. The
     #: loss of the 40 was still falling in the last quarter (-10.27 to -10.43 nats) as the learning rate decayed.
+    #: This run (docs/np_mixture.md): 60000 steps +4.8% ± 1.5%, 512 tasks per step +8.2%; a probe of the 60000-step
+    #: guide with seed=1 (same fit and tasks, 400 draws): +6.0% ± 1.4% (final -log q -10.77 against -10.7: a lower
+    #: loss over all sizes, a worse 1-shot prediction).
     variants: tuple[Variant, ...] = (Variant(40, 10, steps=60000), Variant(40, 10, batch=512))
     draws: int = 100  # posterior draws per prediction, every shot (as docs/sinusoid.md's mixture row)
     draws_1: int = 400  # and at 1 shot again with more, to shrink the prediction's own Monte Carlo error
