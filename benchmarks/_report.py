@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import multiprocessing
 import os
 import platform
 import shlex
 import sys
 import time
-from concurrent.futures import FIRST_EXCEPTION, Future, wait
+from concurrent.futures import FIRST_EXCEPTION, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -26,6 +27,11 @@ LOADS: list[float] = []
 def log(message: str) -> None:
     LOADS.append(os.getloadavg()[0])
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def worker_pool(workers: int) -> ProcessPoolExecutor:
+    """``workers`` fresh (spawned) processes for independent parts of a page; the job sets its own torch threads."""
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
 
 
 def gather(jobs: Sequence[Future], every: float = 30.0) -> list[Any]:
@@ -158,6 +164,12 @@ def page_header(title: str, script: str, quick: bool, date: str, wall: float, ma
 def one_thread_machine() -> str:
     """``machine_section`` for the scripts that set torch to one thread and load about one core."""
     return machine_section(f"{ONE_THREAD}; OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}", 1)
+
+
+def workers_machine(workers: int) -> str:
+    """``machine_section`` for the scripts that run ``workers`` one-thread worker processes side by side."""
+    return machine_section(f"set to 1 in each of the {workers} processes; OMP_NUM_THREADS="
+                           f"{os.environ.get('OMP_NUM_THREADS')}", workers)
 
 
 def write_page(path: str | os.PathLike, text: str) -> None:

@@ -22,11 +22,9 @@ import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import multiprocessing  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
-from concurrent.futures import ProcessPoolExecutor  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import NamedTuple, Sequence  # noqa: E402
@@ -35,7 +33,7 @@ import torch  # noqa: E402
 
 import bayesmeta as bm  # noqa: E402
 import sinusoid as sb  # noqa: E402  (benchmarks/sinusoid.py: the fit, the test set, prediction)
-from _report import fmt, log, machine_section, page_args, page_header, pm, publish, table, utc_now, verdict  # noqa: E402
+from _report import fmt, log, page_args, page_header, pm, publish, table, utc_now, verdict, worker_pool, workers_machine  # noqa: E402
 from bayesmeta.evaluation.metrics import mse, summarize  # noqa: E402
 
 torch.set_num_threads(1)
@@ -124,7 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as folder:
         path = str(Path(folder) / "np.prior")
         prior.save(path)
-        with ProcessPoolExecutor(s.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        with worker_pool(s.workers) as pool:
             jobs = [pool.submit(fit_variant, path, s, v) for v in s.variants]
             results = [job.result() for job in jobs]
     wall = time.perf_counter() - started
@@ -147,8 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             best = r
     rel = best.mse_1.mean().item() / bayes[1].mean().item() - 1
     mix = s.base.mix_options
-    machine = machine_section(f"set to 1 in each of the {s.workers} processes; OMP_NUM_THREADS="
-                              f"{os.environ.get('OMP_NUM_THREADS')}", s.workers)
+    machine = workers_machine(s.workers)
     page = "\n".join([
         *page_header("Neural process at 1 shot: the mixture guide by simulation", "np_mixture.py", quick, date, wall,
                      machine),

@@ -27,14 +27,12 @@ Usage::
 from __future__ import annotations
 
 import copy
-import multiprocessing
 import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -42,7 +40,7 @@ import pyro
 import torch
 
 import bayesmeta as bm
-from _report import Row, fmt, gather, log, machine_section, page_args, page_header, pm, publish, table, utc_now, verdict  # noqa: E402
+from _report import Row, fmt, gather, log, page_args, page_header, pm, publish, table, utc_now, verdict, worker_pool, workers_machine  # noqa: E402
 from bayesmeta.evaluation.metrics import gaussian_nll, interval_coverage, mse, summarize
 from bayesmeta.inference.posterior import Prediction
 from bayesmeta.models import HierarchicalBNN, NeuralProcessModel, SinusoidModel
@@ -512,7 +510,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     date = utc_now()
     log("noiseless and noisy families, each in a worker process")
-    with ProcessPoolExecutor(WORKERS, mp_context=multiprocessing.get_context("spawn")) as pool:
+    with worker_pool(WORKERS) as pool:
         (rows, extra), (noisy_rows, noisy_extra) = gather([pool.submit(family_job, 0.0, s, True),
                                                            pool.submit(family_job, NOISY_STD, s, False)])
 
@@ -593,9 +591,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             for g, c in s.bnn.items()) + f"; {s.bnn_samples} draws per prediction. " + BNN_SPLIT,
     ])
     page = "\n".join([
-        *page_header("Sinusoid regression benchmark", "sinusoid.py", quick, date, wall, machine_section(
-            f"set to 1 in each of the {WORKERS} processes; OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}",
-            WORKERS)),
+        *page_header("Sinusoid regression benchmark", "sinusoid.py", quick, date, wall, workers_machine(WORKERS)),
         "",
         "Timings are only comparable within one run on one machine. Rows that score a subset of the test tasks "
         "have larger standard errors and are not directly comparable with the full-set rows at the third digit.",

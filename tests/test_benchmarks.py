@@ -36,6 +36,7 @@ def test_quick_run_prints_its_page(script, title):
 
 
 def test_gather_keeps_the_jobs_order_samples_the_load_and_raises_a_workers_error(monkeypatch):
+    import time
     from concurrent.futures import ThreadPoolExecutor
 
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
@@ -43,7 +44,8 @@ def test_gather_keeps_the_jobs_order_samples_the_load_and_raises_a_workers_error
 
     monkeypatch.setattr(_report, "LOADS", [])
     with ThreadPoolExecutor(2) as pool:
-        assert _report.gather([pool.submit(pow, 2, 10), pool.submit(sorted, "cba")], every=0.01) == [1024, list("abc")]
+        slow_first = pool.submit(lambda: time.sleep(0.1) or 1024)  # done last: the order is the jobs', not completion's
+        assert _report.gather([slow_first, pool.submit(sorted, "cba")], every=0.01) == [1024, list("abc")]
         assert len(_report.LOADS) >= 1
         with pytest.raises(ValueError, match="invalid literal"):
             _report.gather([pool.submit(int, "x"), pool.submit(pow, 3, 2)], every=0.01)
