@@ -33,7 +33,7 @@ import torch  # noqa: E402
 
 import bayesmeta as bm  # noqa: E402
 import sinusoid as sb  # noqa: E402  (benchmarks/sinusoid.py: the fit, the test set, prediction)
-from _report import fmt, log, page_args, page_header, pm, publish, table, utc_now, verdict, worker_pool, workers_machine  # noqa: E402
+from _report import fmt, gather, log, page_args, page_header, pm, publish, table, utc_now, verdict, worker_pool, workers_machine  # noqa: E402
 from bayesmeta.evaluation.metrics import mse, summarize  # noqa: E402
 
 torch.set_num_threads(1)
@@ -41,7 +41,7 @@ torch.set_num_threads(1)
 
 class Variant(NamedTuple):
     """One mixture guide: its components, the cap on simulated support sizes, and the amortize budget (``None``:
-    docs/sinusoid.md's steps and tasks per step)."""
+    docs/sinusoid.md's cap, steps and tasks per step)."""
 
     components: int
     max_points: int | None
@@ -59,7 +59,7 @@ class Settings:
     #: This run (docs/np_mixture.md): 60000 steps +4.8% ± 1.5%, 512 tasks per step +8.2%; a probe of the 60000-step
     #: guide with seed=1 (same fit and tasks, 400 draws): +6.0% ± 1.4% (final -log q -10.77 against -10.7: a lower
     #: loss over all sizes, a worse 1-shot prediction).
-    variants: tuple[Variant, ...] = (Variant(40, 10, steps=60000), Variant(40, 10, batch=512))
+    variants: tuple[Variant, ...] = (Variant(40, 10, steps=60000, batch=256), Variant(40, 10, steps=30000, batch=512))
     draws: int = 100  # posterior draws per prediction, every shot (as docs/sinusoid.md's mixture row)
     draws_1: int = 400  # and at 1 shot again with more, to shrink the prediction's own Monte Carlo error
     workers: int = 2
@@ -72,7 +72,7 @@ class Settings:
 
 @dataclass
 class Result:
-    variant: Variant  # with the steps and batch filled in
+    variant: Variant  # with the cap, steps and batch filled in
     seconds: float
     final_loss: float
     mse: dict[int, torch.Tensor]  # shots -> per-task query MSE, predictions from s.draws draws
@@ -98,7 +98,8 @@ def fit_variant(prior_path: str, s: Settings, v: Variant) -> Result:
     errors = {k: shot_errors(mixed, test, k, s.draws)[0] for k in sb.SHOTS}
     one, excess = shot_errors(mixed, test, 1, s.draws_1)
     log(f"{v}: {config['seconds']:.0f} s")
-    return Result(v._replace(steps=config["steps"], batch=config["batch_tasks"]), config["seconds"],
+    return Result(v._replace(max_points=config["max_points"], steps=config["steps"], batch=config["batch_tasks"]),
+                  config["seconds"],
                   mixed.history["loss"][-1], errors, one, excess)
 
 
@@ -124,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         prior.save(path)
         with worker_pool(s.workers) as pool:
             jobs = [pool.submit(fit_variant, path, s, v) for v in s.variants]
-            results = [job.result() for job in jobs]
+            results = gather(jobs)
     wall = time.perf_counter() - started
 
     grid = f"{s.base.oracle_grid[0]}×{s.base.oracle_grid[1]}"
@@ -164,7 +165,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"lr=1e-3, seed=0, guide_options={{\"components\": C, \"covariance\": \"{mix['covariance']}\"}}, "
         "max_points=M)` on the same training tasks' inputs (20 points each): θ unchanged, each step "
         "B fresh tasks simulated from the learned model, support sizes uniform on 0..M, the learning rate decaying "
-        f"tenfold over the N steps. `docs/sinusoid.md`'s guide has N = {s.base.mix_steps}, B = {s.base.mix_batch}. "
+        f"tenfold over the N steps. `docs/sinusoid.md`'s guide has C = {mix['components']}, M = {s.base.mix_max_points}, "
+        f"N = {s.base.mix_steps}, B = {s.base.mix_batch}. "
         "Predictions average "
         f"{s.draws} draws ({s.draws_1} in the last 1-shot column); \"MC\" there is the Monte Carlo excess "
         "E[Var(f | S)] / draws that averaging finitely many draws adds to the expected MSE. \"−log q\" is the final "
@@ -181,10 +183,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "",
         "This page's previous run (commit 29a7e09: the same fit, tasks and draws, N = 30000, B = 256) measured the "
         "1-shot gap of the mixture of 40 capped at 10 points at +6.4% ± 1.5% and of a mixture of 80 at +9.3% ± 1.7%. "
-        f"For comparison, `docs/sinusoid.md` fits the same model and a mixture of {mix['components']} on sets of 0–20 "
-        "points, and adapts it by importance sampling under the learned model (65,536 proposals per task at 1 shot, "
-        "not amortized): its targets table gives both 1-shot gaps; the second bounds what any guide of this model "
-        "can reach.",
+        "For comparison, `docs/sinusoid.md` fits the same model and that guide, and also adapts the model by "
+        "importance sampling (65,536 proposals per task at 1 shot, not amortized): its targets table gives both "
+        "1-shot gaps; the second bounds what any guide of this model can reach.",
         "",
         "## The issue's target",
         "",

@@ -21,7 +21,7 @@ only comparable within one run on one machine.
 
 Usage::
 
-    .venv/bin/python benchmarks/sinusoid.py           # full run (~70 min, 2 cores) -> docs/sinusoid.md
+    .venv/bin/python benchmarks/sinusoid.py           # full run (~90 min, 2 cores) -> docs/sinusoid.md
     .venv/bin/python benchmarks/sinusoid.py --quick   # smoke run (< 1 min), prints the page to stdout
 """
 from __future__ import annotations
@@ -96,11 +96,16 @@ class Settings:
     # adapt(method="importance") proposals per task, by shots: the guide alone is a good proposal from 5 points on.
     np_particles: dict[int, int] = field(default_factory=lambda: {1: 65536, 2: 4096, 5: 2048, 10: 1024})
     # bm.amortize: a mixture guide fitted to the learned NP by simulation (forward KL), θ unchanged. Measured on the
-    # noiseless NP, 1-shot MSE: 10 components and 10000 steps +21% over Bayes, 20 and 30000 steps +7.4%.
-    mix_steps: int = 30000
+    # noiseless NP, 1-shot MSE over Bayes: 10 components and 10000 steps +21%, 20 and 30000 steps +7.4% (this page,
+    # commit 0d3a144: +12.9% from 100 draws); docs/np_mixture.md: 40 capped at 10 points, 60000 steps +4.8% ± 1.5%
+    # from 400 draws (30000 steps +6.4%; seed 1 +6.0%).
+    mix_steps: int = 60000
     mix_batch: int = 256
-    mix_options: dict[str, Any] = field(default_factory=lambda: {"components": 20, "covariance": "full"})
-    mix_samples: int = 100  # draws per prediction: its posterior is wider than the ELBO guide's
+    mix_options: dict[str, Any] = field(default_factory=lambda: {"components": 40, "covariance": "full"})
+    mix_max_points: int | None = 10  # simulated support sizes 0..10: the shots this page asks for
+    # draws per prediction: its posterior is wider than the ELBO guide's, and at 1 shot the mean of 100 draws adds
+    # E[Var(f | S)]/100 ≈ 0.8% of the Bayes MSE (docs/np_mixture.md)
+    mix_samples: int = 400
     sin_train_tasks: int = 2000
     sin_steps: int = 3000
     sin_samples: int = 200
@@ -261,7 +266,7 @@ def fit_mixture(prior: bm.LearnedPrior, train: bm.TaskSet, s: Settings, componen
     simulated support sizes, steps or tasks per step (benchmarks/np_mixture.py)."""
     options = s.mix_options if components is None else {**s.mix_options, "components": components}
     return prior.amortize(train, steps=steps or s.mix_steps, batch_tasks=batch or s.mix_batch, lr=1e-3,
-                          guide_options=options, max_points=max_points, seed=0, progress=False)
+                          guide_options=options, max_points=max_points or s.mix_max_points, seed=0, progress=False)
 
 
 def fit_sin(family: bm.tasks.Sinusoid, s: Settings) -> tuple[bm.TaskSet, bm.LearnedPrior, float]:
@@ -553,10 +558,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         + "; median effective sample size " + ", ".join(f"{extra['np_ess'][k].median():.0f}" for k in SHOTS)
         + f" (1/2/5/10 shots), minimum {min(extra['np_ess'][k].min().item() for k in SHOTS):.1f}.",
         f"* **Mixture guide by simulation**: `bm.amortize(np_prior, train, steps={s.mix_steps}, "
-        f"batch_tasks={s.mix_batch}, lr=1e-3, guide_options={s.mix_options}, seed=0)` — θ unchanged, a new set "
-        "encoder with a mixture-of-Gaussians head fitted to the learned model's own posterior on freshly simulated "
-        "tasks (forward KL: it covers the posterior's mass where the ELBO's Gaussian seeks one mode), every context "
-        f"size from 0 to 20 points: {extra['mix_wall']:.0f} s (noiseless), {noisy_extra['mix_wall']:.0f} s "
+        f"batch_tasks={s.mix_batch}, lr=1e-3, guide_options={s.mix_options}, max_points={s.mix_max_points}, seed=0)` "
+        "— θ unchanged, a new set encoder with a mixture-of-Gaussians head fitted to the learned model's own posterior "
+        "on freshly simulated tasks (forward KL: it covers the posterior's mass where the ELBO's Gaussian seeks one "
+        "mode), every context size from 0 to "
+        + (f"{s.mix_max_points} points (the most this page adapts on)" if s.mix_max_points else "a task's 20 points")
+        + f": {extra['mix_wall']:.0f} s (noiseless), {noisy_extra['mix_wall']:.0f} s "
         f"(σ = {NOISY_STD}); final mean -log q(φ | D) {extra['mix_loss']:.3f} and {noisy_extra['mix_loss']:.3f} nats. "
         f"Its meta-train time in the tables is fit_prior's plus amortize's. Predictions average {s.mix_samples} "
         f"draws (MC excess at 1 shot: {next(r for r in rows if r.method == MIXTURE_ROW).scores[1].mc_excess:.3g}).",
