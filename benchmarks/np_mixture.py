@@ -98,9 +98,8 @@ def fit_variant(prior_path: str, s: Settings, v: Variant) -> Result:
     errors = {k: shot_errors(mixed, test, k, s.draws)[0] for k in sb.SHOTS}
     one, excess = shot_errors(mixed, test, 1, s.draws_1)
     log(f"{v}: {config['seconds']:.0f} s")
-    return Result(v._replace(max_points=config["max_points"], steps=config["steps"], batch=config["batch_tasks"]),
-                  config["seconds"],
-                  mixed.history["loss"][-1], errors, one, excess)
+    filled = v._replace(max_points=config["max_points"], steps=config["steps"], batch=config["batch_tasks"])
+    return Result(filled, config["seconds"], mixed.history["loss"][-1], errors, one, excess)
 
 
 def gap(errors: torch.Tensor, floor: torch.Tensor) -> str:
