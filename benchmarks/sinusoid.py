@@ -261,12 +261,14 @@ def fit_np(family: bm.tasks.Sinusoid, s: Settings) -> tuple[bm.TaskSet, bm.Learn
 
 
 def fit_mixture(prior: bm.LearnedPrior, train: bm.TaskSet, s: Settings, components: int | None = None,
-                max_points: int | None = None, steps: int | None = None, batch: int | None = None) -> bm.LearnedPrior:
-    """``prior.amortize`` with this page's settings (``s.mix_*``), or another number of components, cap on the
-    simulated support sizes, steps or tasks per step (benchmarks/np_mixture.py; ``None`` keeps the page's)."""
+                max_points: int | None = None, steps: int | None = None, batch: int | None = None,
+                seed: int = 0) -> bm.LearnedPrior:
+    """``prior.amortize`` with this page's settings (``s.mix_*``, seed 0), or another number of components, cap on
+    the simulated support sizes, steps, tasks per step or seed (benchmarks/np_mixture.py; ``None`` keeps the
+    page's)."""
     options = s.mix_options if components is None else {**s.mix_options, "components": components}
     return prior.amortize(train, steps=steps or s.mix_steps, batch_tasks=batch or s.mix_batch, lr=1e-3,
-                          guide_options=options, max_points=max_points or s.mix_max_points, seed=0, progress=False)
+                          guide_options=options, max_points=max_points or s.mix_max_points, seed=seed, progress=False)
 
 
 def fit_sin(family: bm.tasks.Sinusoid, s: Settings) -> tuple[bm.TaskSet, bm.LearnedPrior, float]:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import pyro.distributions as dist
 import torch
@@ -90,6 +90,56 @@ class TaskPosterior:
         self.model, self.support, self.method = model, support, method
         self.distribution, self.draws = distribution, draws
         self.diagnostics = diagnostics or {}
+
+    @classmethod
+    def mixture(cls, posteriors: Sequence[TaskPosterior],
+                weights: Sequence[float] | Tensor | None = None) -> TaskPosterior:
+        r"""The mixture :math:`\sum_j w_j\, q_j(\phi)` of posteriors of the same support set under the same model.
+
+        Posteriors of one model from amortized guides fitted with different seeds or budgets each miss the exact
+        posterior in their own way; their mixture averages those errors out, as an ensemble of predictors does
+        (``docs/np_mixture.md`` measures it at 1 shot). The result predicts, samples, summarizes and converts to
+        ArviZ like any posterior:
+
+        * distributions (Gaussian, diagonal Gaussian, or mixtures of either) become one ``MixtureSameFamily`` whose
+          components are all of theirs, each component's weight times its posterior's ``w_j`` (diagonal components
+          become full-covariance ones where any posterior has full covariance);
+        * draws (``nuts``, ``importance``) of equal shape and equal weight are pooled as more chains.
+
+        For guides saved from two seeds::
+
+            posts = [bm.LearnedPrior.load(path).adapt(support) for path in ("seed0.prior", "seed1.prior")]
+            prediction = bm.TaskPosterior.mixture(posts).predict(query_x)
+
+        Args:
+            posteriors: two or more posteriors of the same support set (equal tensors), each under a model with the
+                same class and the same parameters θ (e.g. guides amortized on one :class:`LearnedPrior`).
+            weights: one positive weight per posterior, normalized to sum to 1; equal by default.
+
+        Returns:
+            A :class:`TaskPosterior` with ``method="mixture"``; ``diagnostics["methods"]`` and
+            ``diagnostics["weights"]`` say what was mixed.
+        """
+        posteriors = list(posteriors) if isinstance(posteriors, (list, tuple)) else posteriors
+        if not isinstance(posteriors, list) or len(posteriors) < 2:
+            raise ValueError(f"posteriors: expected a list of two or more TaskPosterior, got {_describe(posteriors)}")
+        for j, post in enumerate(posteriors):
+            if not isinstance(post, TaskPosterior):
+                raise TypeError(f"posteriors[{j}]: expected a TaskPosterior, got {type(post).__name__}")
+        first = posteriors[0]
+        for j, post in enumerate(posteriors[1:], 1):
+            _check_same_model(first, post, j)
+            _check_same_support(first, post, j)
+        w = _mixture_weights(weights, len(posteriors))
+        diagnostics = {"methods": [p.method for p in posteriors], "weights": w, **_shared_theta(first)}
+        kinds = {p.distribution is None for p in posteriors}
+        if len(kinds) > 1:
+            raise ValueError("posteriors: expected all distributions or all draws, got both "
+                             f"(methods {[p.method for p in posteriors]}); draw from the distributions instead")
+        if first.draws is not None:
+            return cls(first.model, first.support, "mixture", draws=_pooled_draws(posteriors, w, diagnostics),
+                       diagnostics=diagnostics)
+        return cls(first.model, first.support, "mixture", distribution=_mixed(posteriors, w), diagnostics=diagnostics)
 
     def __len__(self) -> int:
         return len(self.support)
@@ -200,3 +250,107 @@ class TaskPosterior:
 
     def __repr__(self) -> str:
         return f"TaskPosterior({len(self)} tasks, method={self.method!r}, phi={self.phi_names})"
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return f"{type(value).__name__} of {len(value)}"
+    return type(value).__name__
+
+
+def _check_same_model(first: TaskPosterior, post: TaskPosterior, j: int) -> None:
+    """Mixing posteriors is only meaningful under one likelihood: same model class, equal parameters θ."""
+    if post.model is first.model:
+        return
+    if type(post.model) is not type(first.model):
+        raise ValueError(f"posteriors[{j}]: expected a posterior under the same model as posteriors[0] "
+                         f"({type(first.model).__name__}), got {type(post.model).__name__}")
+    mine, theirs = first.model.state_dict(), post.model.state_dict()
+    differ = [k for k in mine if k not in theirs or mine[k].shape != theirs[k].shape
+              or not torch.equal(mine[k].to(theirs[k].device), theirs[k])]
+    differ += [k for k in theirs if k not in mine]
+    if differ:
+        raise ValueError(f"posteriors[{j}]: expected a model with the same θ as posteriors[0] (mixing posteriors "
+                         f"under different likelihoods is not a posterior of either), but {len(differ)} parameter(s) "
+                         f"differ, e.g. {differ[0]!r}")
+    theta = first.diagnostics.get("theta", {}), post.diagnostics.get("theta", {})
+    if theta[0].keys() != theta[1].keys() or any(not torch.equal(theta[0][k], theta[1][k]) for k in theta[0]):
+        raise ValueError(f"posteriors[{j}]: computed under other hyperprior values θ than posteriors[0]")
+
+
+def _check_same_support(first: TaskPosterior, post: TaskPosterior, j: int) -> None:
+    a, b = first.support.support, post.support.support
+    same = (a.x.shape == b.x.shape and a.y.shape == b.y.shape and torch.equal(a.mask, b.mask.to(a.mask.device))
+            and torch.equal(a.x, b.x.to(a.x.device)) and torch.equal(a.y, b.y.to(a.y.device)))
+    if not same:
+        raise ValueError(f"posteriors[{j}]: expected a posterior of the same support set as posteriors[0] "
+                         f"({a.num_tasks} tasks x {a.num_points} points), got a different one "
+                         f"({b.num_tasks} tasks x {b.num_points} points)")
+
+
+def _mixture_weights(weights: Any, count: int) -> Tensor:
+    if weights is None:
+        return torch.full((count,), 1.0 / count)
+    w = torch.as_tensor(weights, dtype=torch.float64).flatten()
+    if w.numel() != count or not torch.isfinite(w).all() or (w <= 0).any():
+        raise ValueError(f"weights: expected {count} positive finite numbers (one per posterior), got "
+                         f"{w.tolist() if w.numel() <= 10 else f'{w.numel()} numbers'}")
+    return (w / w.sum()).float()
+
+
+def _shared_theta(first: TaskPosterior) -> dict[str, Any]:
+    return {"theta": first.diagnostics["theta"]} if "theta" in first.diagnostics else {}
+
+
+def _pooled_draws(posteriors: list[TaskPosterior], w: Tensor, diagnostics: dict[str, Any]) -> Tensor:
+    """Draws of equal shape and weight, pooled as chains (with their θ draws, for full-Bayes posteriors)."""
+    shapes = {tuple(p.draws.shape[1:]) for p in posteriors}
+    if len(shapes) > 1 or not torch.allclose(w, w[0]):
+        raise ValueError("weights: draws are pooled only with equal weights and an equal number of draws per chain "
+                         f"(got weights {[round(float(v), 4) for v in w]} and per-chain shapes {sorted(shapes)})")
+    thetas = [p.diagnostics.get("theta_draws") for p in posteriors]
+    if all(t is not None for t in thetas):
+        diagnostics["theta_draws"] = {k: torch.cat([t[k] for t in thetas]) for k in thetas[0]}
+    elif any(t is not None for t in thetas):
+        raise ValueError("posteriors: expected all or none to be full-Bayes posteriors (with θ draws)")
+    return torch.cat([p.draws.to(posteriors[0].draws.device) for p in posteriors])
+
+
+def _as_components(q: dist.Distribution, name: str) -> tuple[Tensor, dist.Distribution]:
+    """``(log weights T x K, components with batch T x K)`` of a Gaussian, diagonal Gaussian or mixture of either."""
+    if isinstance(q, dist.MixtureSameFamily):
+        logits = q.mixture_distribution.logits
+        parts = q.component_distribution
+        return logits - logits.logsumexp(-1, keepdim=True), parts
+    diagonal = isinstance(q, dist.Independent) and isinstance(q.base_dist, dist.Normal) and len(q.event_shape) == 1
+    if isinstance(q, dist.MultivariateNormal) or diagonal:
+        base = q.mean
+        if isinstance(q, dist.MultivariateNormal):
+            parts = dist.MultivariateNormal(q.loc[..., None, :], scale_tril=q.scale_tril[..., None, :, :])
+        else:
+            parts = dist.Normal(q.mean[..., None, :], q.stddev[..., None, :]).to_event(1)
+        return base.new_zeros(base.shape[:-1] + (1,)), parts
+    raise ValueError(f"{name}: expected a Gaussian, diagonal Gaussian or mixture posterior, got "
+                     f"{type(q).__name__} (a model with a linear part mixes by drawing from each posterior instead)")
+
+
+def _full(parts: dist.Distribution) -> dist.MultivariateNormal:
+    if isinstance(parts, dist.MultivariateNormal):
+        return parts
+    return dist.MultivariateNormal(parts.mean, scale_tril=torch.diag_embed(parts.stddev))
+
+
+def _mixed(posteriors: list[TaskPosterior], w: Tensor) -> dist.MixtureSameFamily:
+    """One ``MixtureSameFamily`` holding every component of every posterior, weights multiplied through."""
+    pieces = [_as_components(p.distribution, f"posteriors[{j}]") for j, p in enumerate(posteriors)]
+    device = pieces[0][0].device
+    logits = torch.cat([lw.to(device) + w[j].log().to(device, lw.dtype) for j, (lw, _) in enumerate(pieces)], -1)
+    parts = [c for _, c in pieces]
+    if all(isinstance(c, dist.Independent) for c in parts):
+        loc = torch.cat([c.mean.to(device) for c in parts], -2)
+        components = dist.Normal(loc, torch.cat([c.stddev.to(device) for c in parts], -2)).to_event(1)
+    else:
+        full = [_full(c) for c in parts]
+        components = dist.MultivariateNormal(torch.cat([c.loc.to(device) for c in full], -2),
+                                             scale_tril=torch.cat([c.scale_tril.to(device) for c in full], -3))
+    return dist.MixtureSameFamily(dist.Categorical(logits=logits), components)
