@@ -260,6 +260,10 @@ def _describe(value: Any) -> str:
 
 def _check_same_model(first: TaskPosterior, post: TaskPosterior, j: int) -> None:
     """Mixing posteriors is only meaningful under one likelihood: same model class, equal parameters θ."""
+    theta = first.diagnostics.get("theta", {}), post.diagnostics.get("theta", {})
+    if theta[0].keys() != theta[1].keys() or any(not torch.equal(theta[0][k], theta[1][k].to(theta[0][k].device))
+                                                 for k in theta[0]):
+        raise ValueError(f"posteriors[{j}]: computed under other hyperprior values θ than posteriors[0]")
     if post.model is first.model:
         return
     if type(post.model) is not type(first.model):
@@ -273,9 +277,6 @@ def _check_same_model(first: TaskPosterior, post: TaskPosterior, j: int) -> None
         raise ValueError(f"posteriors[{j}]: expected a model with the same θ as posteriors[0] (mixing posteriors "
                          f"under different likelihoods is not a posterior of either), but {len(differ)} parameter(s) "
                          f"differ, e.g. {differ[0]!r}")
-    theta = first.diagnostics.get("theta", {}), post.diagnostics.get("theta", {})
-    if theta[0].keys() != theta[1].keys() or any(not torch.equal(theta[0][k], theta[1][k]) for k in theta[0]):
-        raise ValueError(f"posteriors[{j}]: computed under other hyperprior values θ than posteriors[0]")
 
 
 def _check_same_support(first: TaskPosterior, post: TaskPosterior, j: int) -> None:

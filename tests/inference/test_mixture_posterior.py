@@ -119,6 +119,10 @@ def test_bad_input_names_the_argument(amortized_prior, exact_and_amortized, line
     moved = bm.TaskPosterior(model, a.support, "exact", distribution=a.distribution)
     with pytest.raises(ValueError, match=r"posteriors\[1\]: expected a model with the same θ"):
         bm.TaskPosterior.mixture([a, moved])
+    hyper = [bm.TaskPosterior(a.model, a.support, "exact", distribution=a.distribution,
+                              diagnostics={"theta": {"tau": torch.tensor(v)}}) for v in (1.0, 2.0)]
+    with pytest.raises(ValueError, match=r"posteriors\[1\]: computed under other hyperprior values θ"):
+        bm.TaskPosterior.mixture(hyper)
     drawn = bm.TaskPosterior(a.model, a.support, "nuts", draws=a.sample(10, seed=0)[None])
     with pytest.raises(ValueError, match=r"posteriors: expected all distributions or all draws"):
         bm.TaskPosterior.mixture([a, drawn])
