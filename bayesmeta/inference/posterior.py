@@ -9,7 +9,7 @@ import pyro.distributions as dist
 import torch
 from torch import Tensor
 
-from bayesmeta.guides.base import theta_fixed
+from bayesmeta.guides.base import site_distribution, theta_fixed
 from bayesmeta.guides.linear import free_dim, linear_predictive
 from bayesmeta.inference.checks import check_positive, check_query_x
 from bayesmeta.model import HierarchicalModel
@@ -120,9 +120,11 @@ class TaskPosterior:
             A :class:`TaskPosterior` with ``method="mixture"``; ``diagnostics["methods"]`` and
             ``diagnostics["weights"]`` say what was mixed.
         """
-        posteriors = list(posteriors) if isinstance(posteriors, (list, tuple)) else posteriors
-        if not isinstance(posteriors, list) or len(posteriors) < 2:
-            raise ValueError(f"posteriors: expected a list of two or more TaskPosterior, got {_describe(posteriors)}")
+        if not isinstance(posteriors, (list, tuple)) or len(posteriors) < 2:
+            got = f"{type(posteriors).__name__} of {len(posteriors)}" if isinstance(posteriors, (list, tuple)) else \
+                type(posteriors).__name__
+            raise ValueError(f"posteriors: expected a list of two or more TaskPosterior, got {got}")
+        posteriors = list(posteriors)
         for j, post in enumerate(posteriors):
             if not isinstance(post, TaskPosterior):
                 raise TypeError(f"posteriors[{j}]: expected a TaskPosterior, got {type(post).__name__}")
@@ -131,7 +133,9 @@ class TaskPosterior:
             _check_same_model(first, post, j)
             _check_same_support(first, post, j)
         w = _mixture_weights(weights, len(posteriors))
-        diagnostics = {"methods": [p.method for p in posteriors], "weights": w, **_shared_theta(first)}
+        diagnostics = {"methods": [p.method for p in posteriors], "weights": w}
+        if "theta" in first.diagnostics:  # equal in all of them (checked above)
+            diagnostics["theta"] = first.diagnostics["theta"]
         kinds = {p.distribution is None for p in posteriors}
         if len(kinds) > 1:
             raise ValueError("posteriors: expected all distributions or all draws, got both "
@@ -252,12 +256,6 @@ class TaskPosterior:
         return f"TaskPosterior({len(self)} tasks, method={self.method!r}, phi={self.phi_names})"
 
 
-def _describe(value: Any) -> str:
-    if isinstance(value, (list, tuple)):
-        return f"{type(value).__name__} of {len(value)}"
-    return type(value).__name__
-
-
 def _check_same_model(first: TaskPosterior, post: TaskPosterior, j: int) -> None:
     """Mixing posteriors is only meaningful under one likelihood: same model class, equal parameters θ."""
     theta = first.diagnostics.get("theta", {}), post.diagnostics.get("theta", {})
@@ -299,10 +297,6 @@ def _mixture_weights(weights: Any, count: int) -> Tensor:
     return (w / w.sum()).float()
 
 
-def _shared_theta(first: TaskPosterior) -> dict[str, Any]:
-    return {"theta": first.diagnostics["theta"]} if "theta" in first.diagnostics else {}
-
-
 def _pooled_draws(posteriors: list[TaskPosterior], w: Tensor, diagnostics: dict[str, Any]) -> Tensor:
     """Draws of equal shape and weight, pooled as chains (with their θ draws, for full-Bayes posteriors)."""
     shapes = {tuple(p.draws.shape[1:]) for p in posteriors}
@@ -324,13 +318,8 @@ def _as_components(q: dist.Distribution, name: str) -> tuple[Tensor, dist.Distri
         parts = q.component_distribution
         return logits - logits.logsumexp(-1, keepdim=True), parts
     diagonal = isinstance(q, dist.Independent) and isinstance(q.base_dist, dist.Normal) and len(q.event_shape) == 1
-    if isinstance(q, dist.MultivariateNormal) or diagonal:
-        base = q.mean
-        if isinstance(q, dist.MultivariateNormal):
-            parts = dist.MultivariateNormal(q.loc[..., None, :], scale_tril=q.scale_tril[..., None, :, :])
-        else:
-            parts = dist.Normal(q.mean[..., None, :], q.stddev[..., None, :]).to_event(1)
-        return base.new_zeros(base.shape[:-1] + (1,)), parts
+    if isinstance(q, dist.MultivariateNormal) or diagonal:  # one component of weight 1
+        return q.mean.new_zeros(q.batch_shape + (1,)), site_distribution(q)
     raise ValueError(f"{name}: expected a Gaussian, diagonal Gaussian or mixture posterior, got "
                      f"{type(q).__name__} (a model with a linear part mixes by drawing from each posterior instead)")
 
