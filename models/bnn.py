@@ -35,12 +35,23 @@ class HierarchicalBNN(bm.HierarchicalModel):
     from ``init_seed``, :math:`s` at ``init_scale`` and :math:`\sigma` at 0.1 (:meth:`set_noise` sets or,
     with ``fixed=model.noise_parameters``, holds it).
 
+    With ``exact_output=True`` the model declares that, given the hidden layers' weights :math:`u`, it is
+    linear-Gaussian in the output layer's weights and biases :math:`w` (φ's last ``hidden[-1] * y_dim +
+    y_dim`` coordinates, :attr:`linear_dim`): :math:`y = h_u(x) W + b + \varepsilon` with :math:`h_u` the
+    last hidden layer (:meth:`linear_design`). The ``"pooled"`` guide, :func:`bayesmeta.amortize`'s
+    mixtures, SVI and importance sampling then approximate the posterior of :math:`u` only and complete
+    each draw with the exact Gaussian posterior of :math:`w` given :math:`u` (Bayesian linear regression
+    on the task's hidden features: full covariance over the output layer, where a diagonal guide over
+    all weights has none), and predictions integrate :math:`w` out. The network, the prior and
+    :meth:`likelihood` are the same; only inference changes. The gradient guide does not cover it.
+
     Args:
         x_dim, y_dim: input and output sizes.
         hidden: hidden layer widths.
         init_scale: initial prior standard deviation of every weight.
         noise_floor: lower bound of :math:`\sigma`.
         init_seed: seeds the initial prior mean.
+        exact_output: infer the output layer exactly given the hidden layers (see above).
 
     >>> model = HierarchicalBNN()
     >>> model.phi_dim, model.likelihood(torch.zeros(2, 3, model.phi_dim), torch.zeros(3, 5, 1)).batch_shape
@@ -55,6 +66,7 @@ class HierarchicalBNN(bm.HierarchicalModel):
         init_scale: float = 0.1,
         noise_floor: float = 0.01,
         init_seed: int = 0,
+        exact_output: bool = False,
     ) -> None:
         super().__init__(x_dim=x_dim, y_dim=y_dim)
         sizes = [x_dim, *[int(h) for h in hidden], y_dim]
@@ -73,6 +85,11 @@ class HierarchicalBNN(bm.HierarchicalModel):
         self.prior_scale = PyroParam(torch.full((len(self.phi_names),), float(init_scale)), constraint=constraints.positive)
         self.noise_floor = float(noise_floor)
         self.noise_scale = PyroParam(torch.tensor(0.1), constraint=constraints.greater_than(noise_floor))
+        if not isinstance(exact_output, bool):
+            raise ValueError(f"exact_output: expected True or False, got {exact_output!r}")
+        self.exact_output = exact_output
+        if exact_output:  # the output layer's weights, then its biases: the last coordinates of φ already
+            self.linear_dim = sizes[-2] * y_dim + y_dim
 
     @property
     def noise_parameters(self) -> list[str]:
@@ -99,17 +116,41 @@ class HierarchicalBNN(bm.HierarchicalModel):
 
     def network(self, phi: Tensor, x: Tensor) -> Tensor:
         """Each task's network at its inputs: ``phi: ... x T x phi_dim``, ``x: T x N x x_dim`` -> ``... x T x N x y_dim``."""
+        blocks = self._blocks(phi, len(self.layer_shapes))
+        fan_in, fan_out = self.layer_shapes[-1]
+        return self._hidden(blocks, x) @ blocks[-2].unflatten(-1, (fan_in, fan_out)) + blocks[-1][..., None, :]
+
+    def hidden_features(self, phi: Tensor, x: Tensor) -> Tensor:
+        """The last hidden layer at the inputs: ``phi: ... x T x D``, φ or its leading ``D`` coordinates (at least
+        the hidden layers' weights: the free part with ``exact_output``), ``x: T x N x x_dim`` -> ``... x T x N x
+        hidden[-1]``."""
+        return self._hidden(self._blocks(phi, len(self.layer_shapes) - 1), x)
+
+    def _blocks(self, phi: Tensor, layers: int) -> tuple[Tensor, ...]:
+        """The weights and biases of the first ``layers`` layers (then the rest of ``phi``, if any), as views."""
         # One split, not a slice per block: the backward pass of a slice writes into a zero tensor the size of phi,
         # so six slices cost six passes over T x phi_dim where a split's backward is one concatenation.
-        sizes = [n for fan_in, fan_out in self.layer_shapes for n in (fan_in * fan_out, fan_out)]
-        blocks = phi.split(sizes, dim=-1)
+        sizes = [n for fan_in, fan_out in self.layer_shapes[:layers] for n in (fan_in * fan_out, fan_out)]
+        rest = phi.shape[-1] - sum(sizes)
+        return phi.split(sizes + [rest] if rest else sizes, dim=-1)
+
+    def _hidden(self, blocks: tuple[Tensor, ...], x: Tensor) -> Tensor:
         h = x
-        for k, (fan_in, fan_out) in enumerate(self.layer_shapes):
-            weight, bias = blocks[2 * k].unflatten(-1, (fan_in, fan_out)), blocks[2 * k + 1][..., None, :]
-            h = h @ weight + bias
-            if k < len(self.layer_shapes) - 1:
-                h = torch.relu(h)
+        for k, (fan_in, fan_out) in enumerate(self.layer_shapes[:-1]):
+            h = torch.relu(h @ blocks[2 * k].unflatten(-1, (fan_in, fan_out)) + blocks[2 * k + 1][..., None, :])
         return h
 
     def likelihood(self, phi: Tensor, x: Tensor) -> dist.Distribution:
         return dist.Normal(self.network(phi, x), self.noise_scale).to_event(1)
+
+    def linear_design(self, free: Tensor, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """With ``exact_output=True``: ``y = h(x) W + b + noise``, ``W`` row-major (``hidden[-1] x y_dim``), then ``b``."""
+        if not self.exact_output:
+            return super().linear_design(free, x)
+        features = self.hidden_features(free, x)  # ... x T x N x H
+        eye = torch.eye(self.y_dim, dtype=features.dtype, device=features.device)
+        # design[..., k, i * y_dim + j] = h_i [k == j] for W[i, j], then design[..., k, H * y_dim + j] = [k == j].
+        weights = (features[..., None, :, None] * eye[:, None, :]).flatten(-2)
+        design = torch.cat([weights, eye.expand(*features.shape[:-1], self.y_dim, self.y_dim)], -1)
+        shape = features.shape[:-1] + (self.y_dim,)
+        return features.new_zeros(()).expand(shape), design, self.noise_scale.expand(shape)

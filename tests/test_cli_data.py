@@ -105,7 +105,8 @@ def test_fit_sinusoid_on_one_column(tmp_path):
 
 
 @pytest.mark.parametrize("model, cls", [("np", "NeuralProcessModel"), ("np-hetero", "NeuralProcessModel"),
-                                        ("np-basis", "NeuralProcessModel"), ("bnn", "HierarchicalBNN")])
+                                        ("np-basis", "NeuralProcessModel"), ("bnn", "HierarchicalBNN"),
+                                        ("bnn-exact", "HierarchicalBNN")])
 def test_fit_and_adapt_the_network_models(tmp_path, model, cls):
     tasks = bm.tasks.Sinusoid(noise_std=0.1).sample(num_tasks=12, support=6, query=0, seed=0)
     table = pd.DataFrame({"curve": np.repeat(np.arange(12), 6), "t": tasks.support.x.reshape(-1).numpy(),
@@ -117,9 +118,12 @@ def test_fit_and_adapt_the_network_models(tmp_path, model, cls):
                   "--model", model, "--steps", "6", "--no-progress", "--out", str(tmp_path / "m.prior")])
     assert "guide pooled" in stdout and "lr 0.001" in stdout
     prior = bm.LearnedPrior.load(tmp_path / "m.prior")
-    assert type(prior.model).__name__ == cls and prior.guide.kind == "pooled" and prior.config["kl_anneal_steps"] == 2
+    assert type(prior.model).__name__ == cls and prior.guide.kind == "pooled"
+    assert prior.config["kl_anneal_steps"] == (0 if model == "bnn-exact" else 2)
+    assert prior.config["random_subsets"] == (model == "bnn-exact")
+    assert getattr(prior.model, "exact_output", None) == {"bnn": False, "bnn-exact": True}.get(model)
     assert getattr(prior.model, "noise", None) == {"np": "shared", "np-hetero": "heteroscedastic", "np-basis": "shared"}.get(model)
-    assert getattr(prior.model, "output_layer", None) == ("task" if model == "np-basis" else None if model == "bnn" else "shared")
+    assert getattr(prior.model, "output_layer", None) == ("task" if model == "np-basis" else None if model.startswith("bnn") else "shared")
     run(["adapt", str(tmp_path / "m.prior"), str(tmp_path / "new.csv"), "--predict", str(tmp_path / "grid.csv"),
          "--out", str(tmp_path / "p.csv")])
     predictions = pd.read_csv(tmp_path / "p.csv")

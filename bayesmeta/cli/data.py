@@ -67,10 +67,10 @@ def _neural_process(x_dim: int, noise: str = "shared", output_layer: str = "shar
     return NeuralProcessModel(x_dim=x_dim, noise=noise, output_layer=output_layer)
 
 
-def _bnn(x_dim: int) -> Any:
+def _bnn(x_dim: int, exact_output: bool = False) -> Any:
     from bayesmeta.models import HierarchicalBNN
 
-    return HierarchicalBNN(x_dim=x_dim)
+    return HierarchicalBNN(x_dim=x_dim, exact_output=exact_output)
 
 
 #: ``bayesmeta fit --model`` names; a new model family plugs in with one entry.
@@ -96,6 +96,10 @@ MODELS: dict[str, ModelChoice] = {
     "bnn": ModelChoice(_bnn, "y = f_i(x) + noise, a 40-40 ReLU network per task under a learned prior over "
                        "its weights (any number of --x columns; default guide pooled, lr 0.001)",
                        guide="pooled", lr=1e-3, anneal=1 / 3),
+    # As docs/bnn_exact_output.md fits it: random subsets from the start, no KL warm-up.
+    "bnn-exact": ModelChoice(functools.partial(_bnn, exact_output=True), "the same with the output layer integrated "
+                             "out exactly given the hidden layers (full covariance over it; default guide pooled on "
+                             "random subsets, lr 0.001)", guide="pooled", lr=1e-3, random_subsets=True),
 }
 
 
