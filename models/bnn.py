@@ -43,7 +43,9 @@ class HierarchicalBNN(bm.HierarchicalModel):
     each draw with the exact Gaussian posterior of :math:`w` given :math:`u` (Bayesian linear regression
     on the task's hidden features: full covariance over the output layer, where a diagonal guide over
     all weights has none), and predictions integrate :math:`w` out. The network, the prior and
-    :meth:`likelihood` are the same; only inference changes. The gradient guide does not cover it.
+    :meth:`likelihood` are the same; only inference changes. The gradient guide does not cover it. On noisy
+    sinusoids (σ = 0.3) the pooled guide so completed learned σ = 0.313 and its 90% intervals covered 89–94% of
+    query points at 1 to 10 shots; without it the same fit learned σ = 0.95 (``docs/bnn_exact_output.md``).
 
     Args:
         x_dim, y_dim: input and output sizes.
