@@ -120,6 +120,11 @@ def test_exact_output_fits_adapts_saves_and_rejects_what_it_cannot_do(tmp_path):
     loaded = bm.LearnedPrior.load(tmp_path / "exact.prior")
     assert loaded.model.exact_output and loaded.model.linear_dim == prior.model.linear_dim == 9
     torch.testing.assert_close(loaded.adapt(test.support).predict(test.query.x, num_samples=4, seed=0).mean, pred.mean)
+    assert bool(torch.isfinite(bm.diagnostics.entropy(post).value).all())
+    assert post.to_inference_data().posterior["phi"].shape[-1] == prior.model.phi_dim
+    for method, options in (("svi", {"steps": 3}), ("importance", {"num_particles": 16})):
+        refined = prior.adapt(test.support, method=method, **options).predict(test.query.x, num_samples=4, seed=0)
+        assert bool(torch.isfinite(refined.mean).all() and (refined.std > 0).all()), method
     with pytest.raises(ValueError, match="gradient.*linear_dim=9"):
         bm.fit_prior(HierarchicalBNN(hidden=(8, 8), exact_output=True), train, guide="gradient", steps=1, progress=False)
     with pytest.raises(ValueError, match="exact_output: expected True or False, got 'yes'"):
