@@ -138,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "posterior given each draw of the hidden layers: Bayesian linear regression on the task's last hidden layer, "
         "full covariance. The network, the prior over its weights and the likelihood are the same; only inference "
         "changes. `docs/sinusoid_noisy.md` has this network's other rows (a pooled fit on whole 10-point sets then "
-        "a random-subsets phase with the noise held, best coverage 0.800/0.859/0.927/0.950; the gradient guide).",
+        "a random-subsets phase with the noise held, read against these below; the gradient guide).",
         "",
         *results_and_target(rows, "90% intervals should cover 85–95% of the query points for every Bayesian method:"),
         "## Reading it",
