@@ -264,7 +264,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "Gaussian and adapted amortized.",
         "",
         *results_and_target(rows, "90% intervals should cover 85–95% of the query points for every Bayesian method "
-                            "(the neural process's amortized and importance rows are in `docs/sinusoid.md`):"),
+                            "(the neural process's amortized and importance rows are in `docs/sinusoid.md`; "
+                            "SVI with one Gaussian per task fitted to the importance-weighted bound instead of the "
+                            "ELBO is in `docs/svi_iwae.md`, and the HierarchicalBNN with its output layer inferred "
+                            "exactly, `exact_output=True`, in `docs/bnn_exact_output.md`):"),
     ])
     publish(page, out, started)
     return 0
