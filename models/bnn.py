@@ -6,7 +6,7 @@ import math
 import pyro.distributions as dist
 import torch
 from pyro.distributions import constraints
-from pyro.nn import PyroParam
+from pyro.nn import PyroParam, PyroSample
 from torch import Tensor
 
 import bayesmeta as bm
@@ -47,6 +47,15 @@ class HierarchicalBNN(bm.HierarchicalModel):
     sinusoids (σ = 0.3) the pooled guide so completed learned σ = 0.313 and its 90% intervals covered 89–94% of
     query points at 1 to 10 shots; without it the same fit learned σ = 0.95 (``docs/bnn_exact_output.md``).
 
+    With ``hyperprior=True`` :math:`\mu` and :math:`s` are not point estimates but random, under independent
+    hyperpriors :math:`\mu_d \sim \mathcal N(\mu^0_d, 1)` (:math:`\mu^0` the initial draw above) and
+    :math:`s_d \sim \operatorname{LogNormal}(\log` ``init_scale``:math:`, 1)` (widths ``hyper_loc_sd`` and
+    ``hyper_log_scale_sd``); :math:`\sigma` stays learned. ``prior_loc`` and ``prior_scale`` are then ``PyroSample``
+    sites outside the ``"tasks"`` plate, so ``fit_prior`` fits a variational posterior :math:`q(\mu, s)` (the
+    guide's ``global_guide``, a mean-field Gaussian in the unconstrained space) beside the task guide, and adapt
+    methods plug in its median (``prior.guide.theta_point()``). Each weight's mean and spread between tasks are then
+    inferred with their uncertainty, and stay near the hyperprior where few tasks inform them.
+
     Args:
         x_dim, y_dim: input and output sizes.
         hidden: hidden layer widths.
@@ -54,6 +63,11 @@ class HierarchicalBNN(bm.HierarchicalModel):
         noise_floor: lower bound of :math:`\sigma`.
         init_seed: seeds the initial prior mean.
         exact_output: infer the output layer exactly given the hidden layers (see above).
+        hyperprior: put a hyperprior on :math:`\mu` and :math:`s` (see above) instead of learning them as point
+            estimates.
+        hyper_loc_sd, hyper_log_scale_sd: the hyperprior's widths: :math:`\mu_d \sim \mathcal N(\mu^0_d,`
+            ``hyper_loc_sd``:math:`^2)` and :math:`\log s_d \sim \mathcal N(\log` ``init_scale``,
+            ``hyper_log_scale_sd``:math:`^2)`.
 
     >>> model = HierarchicalBNN()
     >>> model.phi_dim, model.likelihood(torch.zeros(2, 3, model.phi_dim), torch.zeros(3, 5, 1)).batch_shape
@@ -69,6 +83,9 @@ class HierarchicalBNN(bm.HierarchicalModel):
         noise_floor: float = 0.01,
         init_seed: int = 0,
         exact_output: bool = False,
+        hyperprior: bool = False,
+        hyper_loc_sd: float = 1.0,
+        hyper_log_scale_sd: float = 1.0,
     ) -> None:
         super().__init__(x_dim=x_dim, y_dim=y_dim)
         sizes = [x_dim, *[int(h) for h in hidden], y_dim]
@@ -83,8 +100,24 @@ class HierarchicalBNN(bm.HierarchicalModel):
             bound = 1.0 / math.sqrt(fan_in)
             chunks.append((torch.rand(fan_in * fan_out, generator=generator) * 2 - 1) * bound)
             chunks.append((torch.rand(fan_out, generator=generator) * 2 - 1) * bound)
-        self.prior_loc = PyroParam(torch.cat(chunks))
-        self.prior_scale = PyroParam(torch.full((len(self.phi_names),), float(init_scale)), constraint=constraints.positive)
+        loc, scale = torch.cat(chunks), torch.full((len(self.phi_names),), float(init_scale))
+        if not isinstance(hyperprior, bool):
+            raise ValueError(f"hyperprior: expected True or False, got {hyperprior!r}")
+        self.hyperprior = hyperprior
+        if hyperprior:
+            for name, value in (("hyper_loc_sd", hyper_loc_sd), ("hyper_log_scale_sd", hyper_log_scale_sd)):
+                if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                    raise ValueError(f"{name}: expected a finite number > 0, got {value!r}")
+            # Buffers, so that the hyperprior moves with the model (.to(device)) and is saved with it.
+            self.register_buffer("hyper_loc", loc)
+            self.register_buffer("hyper_log_scale", scale.log())
+            self.hyper_loc_sd, self.hyper_log_scale_sd = float(hyper_loc_sd), float(hyper_log_scale_sd)
+            self.prior_loc = PyroSample(lambda self: dist.Normal(self.hyper_loc, self.hyper_loc_sd).to_event(1))
+            self.prior_scale = PyroSample(
+                lambda self: dist.LogNormal(self.hyper_log_scale, self.hyper_log_scale_sd).to_event(1))
+        else:
+            self.prior_loc = PyroParam(loc)
+            self.prior_scale = PyroParam(scale, constraint=constraints.positive)
         self.noise_floor = float(noise_floor)
         self.noise_scale = PyroParam(torch.tensor(0.1), constraint=constraints.greater_than(noise_floor))
         if not isinstance(exact_output, bool):
@@ -111,7 +144,8 @@ class HierarchicalBNN(bm.HierarchicalModel):
         if not (value > self.noise_floor and math.isfinite(value)):
             raise ValueError(f"scale: expected a finite number above noise_floor={self.noise_floor}, got {scale!r}")
         with torch.no_grad():
-            self.noise_scale = torch.tensor(value, dtype=self.prior_loc.dtype, device=self.prior_loc.device)
+            # noise_scale's dtype and device: reading prior_loc here would draw from a hyperprior.
+            self.noise_scale = torch.tensor(value, dtype=self.noise_scale.dtype, device=self.noise_scale.device)
 
     def local_prior(self) -> dist.Distribution:
         return dist.Normal(self.prior_loc, self.prior_scale).to_event(1)

@@ -1,14 +1,19 @@
 """HierarchicalBNN: every task's own network, batched, against a per-task reference; and it learns."""
 from __future__ import annotations
 
+import math
+
+import pyro.distributions as dist
 import pytest
 import torch
+from pyro import poutine
 from torch import nn
 from torch.func import functional_call
 
 import bayesmeta as bm
 from bayesmeta.evaluation import mse
-from bayesmeta.models import HierarchicalBNN
+from bayesmeta.guides.base import global_latent_sites
+from bayesmeta.models import HierarchicalBNN, HierarchicalLinearRegression
 
 
 def test_batched_networks_match_a_per_task_loop():
@@ -129,3 +134,69 @@ def test_exact_output_fits_adapts_saves_and_rejects_what_it_cannot_do(tmp_path):
         bm.fit_prior(HierarchicalBNN(hidden=(8, 8), exact_output=True), train, guide="gradient", steps=1, progress=False)
     with pytest.raises(ValueError, match="exact_output: expected True or False, got 'yes'"):
         HierarchicalBNN(exact_output="yes")
+
+
+def test_hyperprior_sites_are_the_documented_distributions():
+    model = HierarchicalBNN(hidden=(3,), init_scale=0.2, hyperprior=True, hyper_loc_sd=0.5, hyper_log_scale_sd=2.0)
+    assert global_latent_sites(model) == ["prior_loc", "prior_scale"]
+    assert [name for name, _ in model.named_parameters()] == ["noise_scale_unconstrained"]
+    trace = poutine.trace(model).get_trace(bm.tasks.Sinusoid().sample(num_tasks=2, support=3, query=0, seed=0))
+    loc, scale = trace.nodes["prior_loc"], trace.nodes["prior_scale"]
+    # The hyperprior's centre is the initial draw of the model without one (same init_seed).
+    centre = HierarchicalBNN(hidden=(3,), init_scale=0.2).prior_loc.detach()
+    expected = (dist.Normal(centre, 0.5).log_prob(loc["value"]).sum()
+                + dist.Normal(math.log(0.2), 2.0).log_prob(scale["value"].log()).sum() - scale["value"].log().sum())
+    torch.testing.assert_close(loc["fn"].log_prob(loc["value"]) + scale["fn"].log_prob(scale["value"]), expected)
+    # φ's prior in the same trace is N(prior_loc, diag prior_scale²) at the drawn values.
+    phi = trace.nodes["phi"]
+    torch.testing.assert_close(phi["fn"].log_prob(phi["value"]),
+                               dist.Normal(loc["value"], scale["value"]).log_prob(phi["value"]).sum(-1))
+    for kwargs, message in [({"hyperprior": 1}, "hyperprior: expected True or False, got 1"),
+                            ({"hyperprior": True, "hyper_loc_sd": 0.0}, "hyper_loc_sd: expected a finite number > 0"),
+                            ({"hyperprior": True, "hyper_log_scale_sd": float("nan")},
+                             "hyper_log_scale_sd: expected a finite number > 0, got nan")]:
+        with pytest.raises(ValueError, match=message):
+            HierarchicalBNN(**kwargs)
+
+
+def test_hyperprior_posterior_centres_on_the_type_ii_ml_estimate_of_a_network_without_hidden_layers():
+    """With no hidden layers the network is linear regression (weights, then bias), the model
+    HierarchicalLinearRegression, whose type-II ML θ the exact guide finds: with 400 tasks q(μ) must centre there."""
+    family = bm.tasks.LinearGaussian(x_dim=2, seed=4)
+    tasks = family.sample(num_tasks=400, support=8, query=8, seed=0)
+    model = HierarchicalBNN(x_dim=2, hidden=(), init_scale=1.0, hyperprior=True)
+    prior = bm.fit_prior(model, tasks, guide="amortized", steps=1000, batch_tasks=64, lr=1e-2, seed=0, progress=False)
+    theta = prior.guide.theta_point()
+    ml = HierarchicalLinearRegression(2)
+    bm.fit_prior(ml, tasks, guide="exact", steps=1500, batch_tasks=len(tasks), lr=0.05, lr_decay=0.01, seed=0,
+                 progress=False)
+    ml_loc, ml_scale = ml.prior_loc.detach(), ml.prior_scale.detach()
+    # q(μ_d) has sd about s_d / sqrt(400) <= 1.5 / 20 = 0.075 and the N(μ0_d, 1) hyperprior pulls its centre toward
+    # μ0_d by the fraction var / (var + 1) of the distance, at most 0.0056 * |ML - μ0| (0.017 here); 0.05 bounds that
+    # pull plus the inference error well inside q's own width, as for HierarchicalLinearRegression in test_model.
+    pull = (ml_scale**2 / 400 / (ml_scale**2 / 400 + 1) * (ml_loc - model.hyper_loc)).abs()
+    assert pull.max() < 0.02
+    assert (theta["prior_loc"] - ml_loc).abs().max() < 0.05
+    # log s_d: q's sd is about 1 / sqrt(2 * 400) = 0.035; 0.1 allows the guide's and the optimizer's error.
+    assert (theta["prior_scale"].log() - ml_scale.log()).abs().max() < 0.1
+    # σ is a point estimate in both fits, informed by 6400 points: its relative sd is about 1 / sqrt(2 * 6400) = 0.9%.
+    torch.testing.assert_close(model.noise_scale.detach(), ml.noise_scale.detach(), rtol=0.03, atol=0.0)
+
+
+@pytest.mark.parametrize("guide, exact_output", [("pooled", False), ("gradient", False), ("pooled", True)])
+def test_hyperprior_fits_adapts_and_saves_with_each_guide(tmp_path, guide, exact_output):
+    train = bm.tasks.Sinusoid().sample(num_tasks=32, support=5, query=5, seed=0)
+    test = bm.tasks.Sinusoid().sample(num_tasks=3, support=4, query=6, seed=1)
+    model = HierarchicalBNN(hidden=(6,), hyperprior=True, exact_output=exact_output)
+    prior = bm.fit_prior(model, train, guide=guide, steps=5, batch_tasks=16, seed=0, progress=False)
+    theta = prior.guide.theta_point()
+    assert set(theta) == {"prior_loc", "prior_scale"} and theta["prior_scale"].shape == (model.phi_dim,)
+    for method, options in (("amortized", {}), ("svi", {"steps": 3}), ("importance", {"num_particles": 8})):
+        pred = prior.adapt(test.support, method=method, **options).predict(test.query.x, num_samples=4, seed=0)
+        assert pred.mean.shape == (3, 6, 1) and bool(torch.isfinite(pred.mean).all() and (pred.std > 0).all()), method
+    prior.save(tmp_path / "hyper.prior")
+    loaded = bm.LearnedPrior.load(tmp_path / "hyper.prior")
+    assert loaded.model.hyperprior and set(loaded.guide.theta_point()) == set(theta)
+    torch.testing.assert_close(loaded.guide.theta_point()["prior_scale"], theta["prior_scale"])
+    torch.testing.assert_close(loaded.adapt(test.support).predict(test.query.x, num_samples=4, seed=0).mean,
+                               prior.adapt(test.support).predict(test.query.x, num_samples=4, seed=0).mean)
