@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
     ("np_particles.py", "# Neural process at 1 shot: importance particles"),
     ("np_mixture.py", "# Neural process at 1 shot: the mixture guide by simulation"),
     ("bnn_budget.py", "# HierarchicalBNN: 5-shot MSE against the meta-training budget"),
-    ("bnn_exact_output.py", "# HierarchicalBNN on noisy sinusoids: the output layer inferred exactly"),
+    ("bnn_exact_output.py", "# HierarchicalBNN on sinusoids: the output layer inferred exactly"),
     ("np_iwae.py", "# Neural process on noisy sinusoids: the importance-weighted bound and calibration"),
     ("svi_iwae.py", "# Noisy sinusoids: SVI on the ELBO or on the importance-weighted bound"),
     ("maml_speed.py", "# MAML meta-training and FineTune adaptation speed"),
