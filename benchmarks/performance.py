@@ -74,7 +74,7 @@ class Settings:
     def quick(cls) -> Settings:
         return cls(train_tasks=200, warmup_steps=3, timed_steps=10, repeats=2, adapt_tasks=1000, adapt_repeats=2,
                    np_train_tasks=300, np_steps=60, gap_tasks=20, svi_steps=(5, 20), nuts_tasks=3,
-                   nuts_options={"num_samples": 10, "warmup_steps": 10}, predict_samples=10)
+                   nuts_options={"num_samples": 10, "warmup_steps": 10}, predict_samples=10, threads=(1,))
 
 
 #: (label, model factory, guide, fit options) for sections 1 and 2.

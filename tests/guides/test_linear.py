@@ -227,7 +227,7 @@ SVI = {"steps": 400, "lr": 0.05, "seed": 0}
 # NUTS samples all of φ and needs p(w | u, D) only to predict: one form is enough for it.
 @pytest.mark.parametrize("method, options, ess, form_name", [
     ("importance", IMPORTANCE, None, "primal"), ("importance", IMPORTANCE, None, "dual"),
-    ("nuts", {"num_samples": 300, "warmup_steps": 200, "seed": 0}, "arviz", "dual"),
+    ("nuts", {"num_samples": 300, "warmup_steps": 200, "jit_compile": True, "seed": 0}, "arviz", "dual"),
     ("svi", SVI, None, "primal"), ("svi", SVI, None, "dual"),
     ("svi", {**SVI, "components": 3}, None, "primal"),  # a mixture over u, each draw completed as with one Gaussian
 ])

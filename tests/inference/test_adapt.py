@@ -258,7 +258,7 @@ def test_svi_components_is_checked(amortized_prior, linear_test, bad):
 def test_nuts_matches_exact_within_monte_carlo_error(amortized_prior, linear_test, exact_3shot):
     tasks = 5
     post = amortized_prior.adapt(linear_test.support[:tasks].head(3), method="nuts",
-                                 num_samples=800, warmup_steps=400, seed=0)
+                                 num_samples=500, warmup_steps=300, jit_compile=True, seed=0)
     draws = post.draws  # chains x samples x tasks x phi_dim
     exact_mean = exact_3shot.distribution.mean[:tasks]
     exact_cov = exact_3shot.distribution.covariance_matrix[:tasks]

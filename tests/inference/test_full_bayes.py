@@ -44,7 +44,7 @@ def data():
 @pytest.fixture(scope="module")
 def fitted(data):
     return bm.fit_prior(NormalMeans(), data, method="nuts", num_samples=600, warmup_steps=300, num_chains=2,
-                        seed=0, progress=False)
+                        jit_compile=True, seed=0, progress=False)
 
 
 def _mu_posterior(ybar: torch.Tensor, n: int) -> tuple[float, float]:
@@ -90,7 +90,7 @@ def test_theta_and_phi_posteriors_match_the_closed_form(fitted, data):
 
 def test_adapt_marginalizes_theta_over_the_joint_posterior(fitted, data):
     new = _tasks(torch.tensor([[4.0, 3.5]]))
-    post = fitted.adapt(new.support, method="nuts", num_samples=600, warmup_steps=300, seed=1)
+    post = fitted.adapt(new.support, method="nuts", num_samples=600, warmup_steps=300, jit_compile=True, seed=1)
     assert post.draws.shape == (2, 600, 1, 1) and set(post.diagnostics["theta_draws"]) == {"mu"}
     # The new task informs mu as the others do: p(mu | D, y*) from all 7 tasks' means (the new one has 2 points).
     ybar = data.support.y[..., 0].mean(1)

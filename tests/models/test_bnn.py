@@ -13,7 +13,7 @@ from torch.func import functional_call
 import bayesmeta as bm
 from bayesmeta.evaluation import mse
 from bayesmeta.guides.base import global_latent_sites
-from bayesmeta.models import HierarchicalBNN, HierarchicalLinearRegression
+from bayesmeta.models import HierarchicalBNN
 
 
 def test_batched_networks_match_a_per_task_loop():
@@ -159,17 +159,15 @@ def test_hyperprior_sites_are_the_documented_distributions():
             HierarchicalBNN(**kwargs)
 
 
-def test_hyperprior_posterior_centres_on_the_type_ii_ml_estimate_of_a_network_without_hidden_layers():
+def test_hyperprior_posterior_centres_on_the_type_ii_ml_estimate_of_a_network_without_hidden_layers(
+        linear_tasks, linear_type_ii_ml):
     """With no hidden layers the network is linear regression (weights, then bias), the model
     HierarchicalLinearRegression, whose type-II ML θ the exact guide finds: with 400 tasks q(μ) must centre there."""
-    family = bm.tasks.LinearGaussian(x_dim=2, seed=4)
-    tasks = family.sample(num_tasks=400, support=8, query=8, seed=0)
+    _, tasks = linear_tasks
     model = HierarchicalBNN(x_dim=2, hidden=(), init_scale=1.0, hyperprior=True)
     prior = bm.fit_prior(model, tasks, guide="amortized", steps=1000, batch_tasks=64, lr=1e-2, seed=0, progress=False)
     theta = prior.guide.theta_point()
-    ml = HierarchicalLinearRegression(2)
-    bm.fit_prior(ml, tasks, guide="exact", steps=1500, batch_tasks=len(tasks), lr=0.05, lr_decay=0.01, seed=0,
-                 progress=False)
+    ml = linear_type_ii_ml
     ml_loc, ml_scale = ml.prior_loc.detach(), ml.prior_scale.detach()
     # q(μ_d) has sd about s_d / sqrt(400) <= 1.5 / 20 = 0.075 and the N(μ0_d, 1) hyperprior pulls its centre toward
     # μ0_d by the fraction var / (var + 1) of the distance, at most 0.0056 * |ML - μ0| (0.017 here); 0.05 bounds that

@@ -51,7 +51,8 @@ def test_nuts_posterior_covers_the_true_task_parameters():
     model.noise_scale = torch.tensor(0.1)
     prior = bm.LearnedPrior(model, PerTaskGuide(model, num_tasks=1), {}, {})
     test = bm.tasks.Sinusoid(noise_std=0.1).sample(num_tasks=10, support=10, query=0, seed=1)
-    post = prior.adapt(test.support, method="nuts", num_samples=200, warmup_steps=200, seed=0)
+    post = prior.adapt(test.support, method="nuts", num_samples=200, warmup_steps=200, jit_compile=True,
+                       seed=0)
     truth = torch.stack([test.params["amplitude"].log(), test.params["phase"]], -1)
     # A calibrated posterior puts each true value within 4 posterior standard deviations (20 checks:
     # a chance of about 1e-3 of one failing by luck, fixed seed).
