@@ -50,8 +50,9 @@ class HierarchicalBNN(bm.HierarchicalModel):
 
     With ``hyperprior=True`` :math:`\mu` and :math:`s` are not point estimates but random, under independent
     hyperpriors :math:`\mu_d \sim \mathcal N(\mu^0_d, 1)` (:math:`\mu^0` the initial draw above) and
-    :math:`s_d \sim \operatorname{LogNormal}(\log` ``init_scale``:math:`, 1)` (widths ``hyper_loc_sd`` and
-    ``hyper_log_scale_sd``); :math:`\sigma` stays learned. ``prior_loc`` and ``prior_scale`` are then ``PyroSample``
+    :math:`\log s_d \sim \mathcal N(\log` ``init_scale`` :math:`- 1/2, 1)`, so that :math:`\mathbb E[s_d] =`
+    ``init_scale`` (widths ``hyper_loc_sd`` and ``hyper_log_scale_sd``); :math:`\sigma` stays learned. The
+    posterior starts at the hyperprior's mean, the θ of the model without one. ``prior_loc`` and ``prior_scale`` are then ``PyroSample``
     sites outside the ``"tasks"`` plate, so ``fit_prior`` fits a variational posterior :math:`q(\mu, s)` (the
     guide's ``global_guide``, a mean-field Gaussian in the unconstrained space) beside the task guide, and adapt
     methods plug in its median (``prior.guide.theta_point()``). Each weight's mean and spread between tasks are then
@@ -66,9 +67,8 @@ class HierarchicalBNN(bm.HierarchicalModel):
         exact_output: infer the output layer exactly given the hidden layers (see above).
         hyperprior: put a hyperprior on :math:`\mu` and :math:`s` (see above) instead of learning them as point
             estimates.
-        hyper_loc_sd, hyper_log_scale_sd: the hyperprior's widths: :math:`\mu_d \sim \mathcal N(\mu^0_d,`
-            ``hyper_loc_sd``:math:`^2)` and :math:`\log s_d \sim \mathcal N(\log` ``init_scale``,
-            ``hyper_log_scale_sd``:math:`^2)`.
+        hyper_loc_sd, hyper_log_scale_sd: the hyperprior's widths :math:`a, b`: :math:`\mu_d \sim \mathcal
+            N(\mu^0_d, a^2)` and :math:`\log s_d \sim \mathcal N(\log` ``init_scale`` :math:`- b^2/2, b^2)`.
 
     >>> model = HierarchicalBNN()
     >>> model.phi_dim, model.likelihood(torch.zeros(2, 3, model.phi_dim), torch.zeros(3, 5, 1)).batch_shape
@@ -111,7 +111,8 @@ class HierarchicalBNN(bm.HierarchicalModel):
                     raise ValueError(f"{name}: expected a finite number > 0, got {value!r}")
             # Buffers, so that the hyperprior moves with the model (.to(device)) and is saved with it.
             self.register_buffer("hyper_loc", loc)
-            self.register_buffer("hyper_log_scale", scale.log())
+            # log s ~ N(log init_scale - sd² / 2, sd²): E[s] = init_scale, where q(θ) starts (the hyperprior's mean).
+            self.register_buffer("hyper_log_scale", scale.log() - float(hyper_log_scale_sd) ** 2 / 2)
             self.hyper_loc_sd, self.hyper_log_scale_sd = float(hyper_loc_sd), float(hyper_log_scale_sd)
             self.prior_loc = PyroSample(lambda self: dist.Normal(self.hyper_loc, self.hyper_loc_sd).to_event(1))
             self.prior_scale = PyroSample(

@@ -8,7 +8,7 @@ import pyro
 import pyro.distributions as dist
 import torch
 from pyro import poutine
-from pyro.infer.autoguide import AutoNormal
+from pyro.infer.autoguide import AutoNormal, init_to_feasible
 from pyro.nn import PyroModule
 from pyro.poutine.util import site_is_subsample
 from torch import Tensor
@@ -27,7 +27,8 @@ class TaskGuide(PyroModule):
     with the plate the model uses, so the two agree on which tasks a minibatch holds.
 
     Where :math:`\theta` has a hyperprior (``PyroSample`` attributes: sample sites outside the
-    ``"tasks"`` plate), the guide also holds ``global_guide``, a Pyro ``AutoNormal`` over those sites.
+    ``"tasks"`` plate), the guide also holds ``global_guide``, a Pyro ``AutoNormal`` over those sites, started at
+    each hyperprior's mean where it is finite (:func:`init_to_hyperprior_mean`).
     Each call draws :math:`\theta` from it first, then samples ``"phi"`` with those :math:`\theta`
     sites conditioned on the draw and hidden from the trace, so :meth:`posterior` never needs to know.
     ``theta_point()`` (the median of :math:`q(\theta)`) is what :meth:`~bayesmeta.LearnedPrior.adapt`
@@ -51,7 +52,8 @@ class TaskGuide(PyroModule):
         # A plain reference, not a submodule: the model's θ must not appear twice in state dicts.
         object.__setattr__(self, "_model", model)
         sites = global_latent_sites(model)
-        self.global_guide = AutoNormal(poutine.block(model, expose=sites), init_scale=0.05) if sites else None
+        self.global_guide = AutoNormal(poutine.block(model, expose=sites), init_loc_fn=init_to_hyperprior_mean,
+                                       init_scale=0.05) if sites else None
         if self.global_guide is not None:
             self.global_guide(_placeholder_tasks(model))  # create its parameters now, not lazily
 
@@ -83,6 +85,29 @@ class TaskGuide(PyroModule):
             return {}
         with torch.no_grad():
             return {name: value.detach() for name, value in self.global_guide.median().items()}
+
+
+def init_to_hyperprior_mean(site: dict[str, Any]) -> Tensor:
+    """Where :math:`q(\theta)` starts: the hyperprior's mean where it is finite, else Pyro's feasible point.
+
+    A model centres its hyperprior on the θ it would otherwise start from (``HierarchicalBNN(hyperprior=True)``:
+    μ around the initial draw of the network's weights), which AutoNormal's default, the point 0 in unconstrained
+    space, would discard (all of μ at 0: every hidden unit alike). Hyperpriors without a finite mean (a
+    ``HalfCauchy`` scale) start where AutoNormal starts by default.
+
+    >>> init_to_hyperprior_mean({"fn": dist.Normal(torch.tensor([1.5]), 1.0)}).tolist()
+    [1.5]
+    >>> init_to_hyperprior_mean({"fn": dist.HalfCauchy(5.0), "value": None, "is_observed": False}).item()
+    1.0
+    """
+    try:
+        value = site["fn"].mean.detach()
+    except NotImplementedError:
+        return init_to_feasible(site)
+    if not bool(torch.isfinite(value).all()):
+        return init_to_feasible(site)
+    value._pyro_custom_init = False  # as Pyro's own strategies mark their values
+    return value
 
 
 @contextlib.contextmanager
