@@ -49,10 +49,10 @@ class HierarchicalBNN(bm.HierarchicalModel):
     was 0.046, against 0.38 without it (``docs/bnn_exact_output.md``).
 
     With ``hyperprior=True`` :math:`\mu` and :math:`s` are not point estimates but random, under independent
-    hyperpriors :math:`\mu_d \sim \mathcal N(\mu^0_d, 1)` (:math:`\mu^0` the initial draw above) and
-    :math:`\log s_d \sim \mathcal N(\log` ``init_scale`` :math:`- 1/2, 1)`, so that :math:`\mathbb E[s_d] =`
-    ``init_scale`` (widths ``hyper_loc_sd`` and ``hyper_log_scale_sd``); :math:`\sigma` stays learned. The
-    posterior starts at the hyperprior's mean, the θ of the model without one. ``prior_loc`` and ``prior_scale`` are then ``PyroSample``
+    hyperpriors :math:`\mu_d \sim \mathcal N(\mu^0_d, 1)` (:math:`\mu^0` the initial draw above) and :math:`\log s_d
+    \sim \mathcal N(\log` ``init_scale`` :math:`- 1/2, 1)`, so that :math:`\mathbb E[s_d] =` ``init_scale`` (widths
+    ``hyper_loc_sd`` and ``hyper_log_scale_sd``); :math:`\sigma` stays learned. The posterior starts at the
+    hyperprior's mean, the θ of the model without one. ``prior_loc`` and ``prior_scale`` are then ``PyroSample``
     sites outside the ``"tasks"`` plate, so ``fit_prior`` fits a variational posterior :math:`q(\mu, s)` (the
     guide's ``global_guide``, a mean-field Gaussian in the unconstrained space) beside the task guide, and adapt
     methods plug in its median (``prior.guide.theta_point()``). Each weight's mean and spread between tasks are then
