@@ -13,6 +13,7 @@ with 90% intervals, for the rows of a second table. :data:`MODELS` maps ``--mode
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Any, Sequence
 
@@ -114,7 +115,7 @@ def _add_demo(commands: Any) -> None:
             "tasks, next to the Bayes-optimal predictor (the exact posterior over amplitude and phase: the "
             "floor no method can beat). Writes to --out: " + ", ".join(DEMO_FILES) + " (the saved prior, the "
             "metrics, six held-out tasks adapted from 1, 2 and 5 points with their 90% bands, and the ELBO "
-            "curve). About 3 minutes on a 2-core CPU; seconds with --quick."
+            "curve). About 2 to 3 minutes on a 2-core CPU; seconds with --quick."
         ),
         epilog="example: bayesmeta demo --quick --out runs/smoke",
     )
@@ -124,19 +125,22 @@ def _add_demo(commands: Any) -> None:
                       help="number of training tasks (default: 20000; 500 with --quick)")
     demo.add_argument("--seed", type=seed_arg, default=0,
                       help="seeds the tasks, the fit and the predictions (default: 0)")
-    _add_device_and_threads(demo)
+    _add_device_and_threads(demo, default_threads=min(2, os.cpu_count() or 1),
+                            why="up to two, one per core: the demo's networks are large enough for a second "
+                            "thread to pay")
     demo.add_argument("--out", default=None, help="output folder (default: runs/demo-<timestamp>)")
     demo.add_argument("--quick", action="store_true",
                       help="smoke run in seconds: a small network, few steps, tasks and held-out tasks")
     demo.set_defaults(run=run_demo)
 
 
-def _add_device_and_threads(command: argparse.ArgumentParser) -> None:
+def _add_device_and_threads(command: argparse.ArgumentParser, default_threads: int = 1,
+                            why: str = "about as fast as two for models this small, and it stays fast when other "
+                            "programs share the CPU, where more threads slow down badly") -> None:
     command.add_argument("--device", type=device_arg, default="cpu",
                          help="torch device: cpu, cuda, cuda:1, ... (default: cpu)")
-    command.add_argument("--threads", type=positive_int, default=1,
-                         help="torch CPU threads (default: 1: about as fast as two for models this small, and "
-                         "it stays fast when other programs share the CPU, where more threads slow down badly)")
+    command.add_argument("--threads", type=positive_int, default=default_threads,
+                         help=f"torch CPU threads (default: {default_threads}: {why})")
 
 
 def _add_columns(command: argparse.ArgumentParser, stored: bool) -> None:
