@@ -116,9 +116,7 @@ def noisy_reading(results: list[tuple[dict[int, sb.Score], float, float]]) -> st
 def zero_mse(test: bm.TaskSet) -> float:
     """The query MSE of predicting 0 everywhere (the family's mean function), averaged over tasks as the tables are."""
     q = test.query
-    mask = q.mask.to(q.y.dtype)
-    per_task = (q.y.pow(2).sum(-1) * mask).sum(-1) / mask.sum(-1)
-    return per_task.mean().item()
+    return bm.evaluation.mse(torch.zeros_like(q.y), q.y, q.mask).mean().item()
 
 
 def noiseless_target(rows: list[Row]) -> str:
