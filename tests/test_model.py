@@ -71,8 +71,7 @@ def test_an_overridden_forward_works_with_every_method(linear_tasks):
     assert kl_divergence(posts[1].distribution, exact).max() < 0.01
     # NUTS trajectories are chaotic in float rounding, so compare with the exact posterior instead,
     # within 4 Monte Carlo standard errors (ESS estimated from the chain).
-    nuts = priors[1].adapt(support, method="nuts", num_samples=400, warmup_steps=300, jit_compile=True,
-                                seed=0)
+    nuts = priors[1].adapt(support, method="nuts", num_samples=400, warmup_steps=300, jit_compile=True, seed=0)
     ess = effective_sample_size(nuts.draws, chain_dim=0, sample_dim=1)
     se = nuts.draws.flatten(0, 1).std(0) / ess.sqrt()
     assert ((nuts.mean - exact.mean).abs() <= 4 * se).all()

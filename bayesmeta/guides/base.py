@@ -101,7 +101,9 @@ def init_to_hyperprior_mean(site: dict[str, Any]) -> Tensor:
     1.0
     """
     try:
-        value = site["fn"].mean.detach()
+        # A copy: the mean can be the model's own tensor (a buffer the hyperprior is centred on), and AutoNormal makes
+        # its start value the parameter it optimizes, in place.
+        value = site["fn"].mean.detach().clone()
     except NotImplementedError:
         return init_to_feasible(site)
     if not bool(torch.isfinite(value).all()):

@@ -187,8 +187,11 @@ def test_hyperprior_fits_adapts_and_saves_with_each_guide(tmp_path, guide, exact
     train = bm.tasks.Sinusoid().sample(num_tasks=32, support=5, query=5, seed=0)
     test = bm.tasks.Sinusoid().sample(num_tasks=3, support=4, query=6, seed=1)
     model = HierarchicalBNN(hidden=(6,), hyperprior=True, exact_output=exact_output)
+    centre = model.hyper_loc.clone()
     prior = bm.fit_prior(model, train, guide=guide, steps=5, batch_tasks=16, seed=0, progress=False)
     theta = prior.guide.theta_point()
+    # q(μ) moved away from where it started, the hyperprior's centre did not (q's start is a copy of it).
+    assert torch.equal(model.hyper_loc, centre) and not torch.equal(theta["prior_loc"], centre)
     assert set(theta) == {"prior_loc", "prior_scale"} and theta["prior_scale"].shape == (model.phi_dim,)
     for method, options in (("amortized", {}), ("svi", {"steps": 3}), ("importance", {"num_particles": 8})):
         pred = prior.adapt(test.support, method=method, **options).predict(test.query.x, num_samples=4, seed=0)
