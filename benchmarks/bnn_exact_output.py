@@ -36,8 +36,8 @@ import torch  # noqa: E402
 import bayesmeta as bm  # noqa: E402
 import sinusoid as sb  # noqa: E402  (benchmarks/sinusoid.py: its settings, scoring and tables)
 from sinusoid_noisy import coverage_section, noisy_tasks  # noqa: E402
-from _report import (Row, gather, log, page_args, page_header, pm, publish, table, utc_now, verdict,  # noqa: E402
-                     worker_pool, workers_machine)
+from _report import (Row, gather, log, page_args, page_header, publish, table, utc_now, worker_pool,  # noqa: E402
+                     workers_machine)
 from bayesmeta.models import HierarchicalBNN  # noqa: E402
 
 
@@ -121,8 +121,7 @@ def zero_mse(test: bm.TaskSet) -> float:
 
 def noiseless_target(rows: list[Row]) -> str:
     """The issue's 5-shot target for each HierarchicalBNN row (``rows[1:]``; ``rows[0]`` is the Bayes-optimal one)."""
-    lines = [[f"{r.method}, 5-shot MSE", f"≤ {sb.TARGET_BNN_5:.3g} (half of MAML's best published {sb.MAML_BEST_5})",
-              pm(r.scores[5].mse), verdict(r.scores[5].mse[0] <= sb.TARGET_BNN_5)] for r in rows[1:]]
+    lines = [sb.bnn_target_row(r.method, r.scores[5].mse) for r in rows[1:]]
     return table(["target", "required", "measured", "verdict"], lines, [False, False, False, False])
 
 
